@@ -1,0 +1,136 @@
+"""Long runs never stall: EIR's fetch pattern keeps no growing backlog.
+
+EIR sends `heartbeat` + `getData` for every batch and reads one message,
+skipping heartbeats. Answered one for one, that leaves an unread data reply
+per fetch, which piles up until the buffers fill and the run stalls. The
+server answers a heartbeat directly followed by getData with the data reply
+alone (HEARTBEAT_PAIRING); these tests check that the backlog stays at a
+couple of messages and that the server serves what the client reads, not
+twice as much. bench/long_run.py runs the same pattern for a million fetches.
+"""
+
+import threading
+import time
+
+import pytest
+import websocket
+from conftest import running_server
+from eir_like_client import EirLikeClient
+from long_run import count_queued
+
+import simulation_streamer
+
+FETCHES = 20_000
+READ_TIMEOUT = 10  # EIR waits 30 s; anything near that is a stall
+
+
+def eir_training_connection(url: str) -> EirLikeClient:
+    """Open a training connection as EIR does: probe, then the unread heartbeat."""
+    client = EirLikeClient(url, timeout=READ_TIMEOUT)
+    client.validation_probe()
+    client.send({"type": "heartbeat"})
+    return client
+
+
+def fetch_many(client: EirLikeClient, fetches: int) -> tuple[list[str], float]:
+    """`fetches` batches of one, as EIR fetches them; (sample ids, slowest s)."""
+    seen: list[str] = []
+    slowest = 0.0
+    for _ in range(fetches):
+        started = time.monotonic()
+        batch = client.fetch_batch(1)
+        slowest = max(slowest, time.monotonic() - started)
+        assert batch is not None and len(batch) == 1, batch
+        seen.append(batch[0]["sample_id"])
+    return seen, slowest
+
+
+def test_eir_fetch_pattern_keeps_no_backlog_over_many_fetches() -> None:
+    with running_server(max_iterations=None) as server:
+        client = eir_training_connection(server.url)
+        started = time.monotonic()
+        try:
+            seen, slowest = fetch_many(client, FETCHES)
+        except websocket.WebSocketTimeoutException:
+            pytest.fail(f"read timeout ({READ_TIMEOUT} s): the stream stalled")
+        elapsed = time.monotonic() - started
+        assert seen == [f"sample_{i}" for i in range(FETCHES)]
+        queued = count_queued(client, wait=0.5)
+        client.close()
+        served = server.status()["samples_served_total"]
+    print(
+        f"{FETCHES} fetches in {elapsed:.1f} s ({FETCHES / elapsed:.0f}/s), "
+        f"slowest {slowest * 1000:.1f} ms, queued at end {queued}, served {served}"
+    )
+    assert sum(queued.values()) <= 2, queued
+    assert set(queued) <= {"data", "heartbeat"}, queued
+    # The probe took one sample; EIR keeps at most one getData in flight.
+    assert FETCHES + 1 <= served <= FETCHES + 1 + 2, served
+    assert slowest < READ_TIMEOUT / 2
+
+
+def test_without_pairing_the_backlog_grows_one_reply_per_fetch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The control: answer every heartbeat on its own, as the tutorial does."""
+    monkeypatch.setattr(simulation_streamer, "HEARTBEAT_PAIRING", 0)
+    fetches = 300
+    with running_server(max_iterations=None) as server:
+        client = eir_training_connection(server.url)
+        fetch_many(client, fetches)
+        queued = count_queued(client, wait=0.5)
+        client.close()
+        served = server.status()["samples_served_total"]
+    assert queued.get("data", 0) >= fetches - 5, queued
+    assert served >= 2 * fetches - 5, served
+
+
+def test_concurrent_eir_workers_each_keep_no_backlog() -> None:
+    """Two DataLoader workers streaming at once: no backlog, no sample twice."""
+    fetches = 1_000
+    results: dict[int, tuple] = {}
+
+    def worker(number: int, url: str) -> None:
+        client = eir_training_connection(url)
+        seen, _ = fetch_many(client, fetches)
+        results[number] = (seen, count_queued(client, wait=0.5))
+        client.close()
+
+    with running_server(max_iterations=None) as server:
+        # The first probe rewinds; start the second once the first streams, so
+        # its probe joins the pass in progress instead of rewinding it.
+        first = threading.Thread(target=worker, args=(1, server.url))
+        first.start()
+        deadline = time.monotonic() + 10
+        while server.status()["samples_served_total"] < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        second = threading.Thread(target=worker, args=(2, server.url))
+        second.start()
+        first.join(60)
+        second.join(60)
+        served = server.status()["samples_served_total"]
+    assert set(results) == {1, 2}
+    everything = results[1][0] + results[2][0]
+    assert len(set(everything)) == 2 * fetches  # no sample reached both
+    for _, queued in results.values():
+        assert sum(queued.values()) <= 2, queued
+    assert served <= 2 * fetches + 2 * 3, served
+
+
+def test_a_lone_heartbeat_is_answered_promptly_and_in_order() -> None:
+    """Pairing never delays a heartbeat by more than the pairing window."""
+    with running_server(max_iterations=None) as server:
+        client = EirLikeClient(server.url, timeout=5)
+        started = time.monotonic()
+        client.send({"type": "heartbeat"})
+        assert client.recv() == {"type": "heartbeat"}
+        assert time.monotonic() - started < 0.5
+        # A getData that comes too late to pair: heartbeat reply first, then data.
+        client.send({"type": "heartbeat"})
+        time.sleep(simulation_streamer.HEARTBEAT_PAIRING * 5)
+        client.send({"type": "getData", "payload": {"batch_size": 1}})
+        assert client.recv() == {"type": "heartbeat"}
+        reply = client.recv()
+        assert reply["type"] == "data" and len(reply["payload"]) == 1, reply
+        client.close()
