@@ -17,11 +17,14 @@ Two pieces live here:
   integers, so it could live in a shared store serving several processes.
 """
 
+import json
 import random
 import re
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Protocol, runtime_checkable
 
 from single_sample_simulation import simulate_sample
@@ -41,6 +44,9 @@ class SampleSource(Protocol):
     * `num_samples`: how many samples the stream has, or None for unbounded.
     * `index_of(sample_id)`: the index that produces `sample_id`, or None if
       this source never produces it (used to skip validation ids).
+    * optionally `indices_of(sample_ids)`: the same for a whole list at once,
+      as a set of the indices found (EIR can send hundreds of thousands of
+      validation ids in one message; without it, `index_of` is called per id).
     """
 
     num_samples: int | None
@@ -63,10 +69,71 @@ def index_of_sample_id(sample_id: str, num_samples: int | None) -> int | None:
     """Parse `sample_<k>` back to k; None for anything else or k out of range."""
     if not isinstance(sample_id, str) or not _SAMPLE_ID.fullmatch(sample_id):
         return None
-    index = int(sample_id[len(SAMPLE_ID_PREFIX) :])
+    try:
+        index = int(sample_id[len(SAMPLE_ID_PREFIX) :])
+    except ValueError:  # more digits than int() parses: an index never reached
+        return None
     if num_samples is not None and index >= num_samples:
         return None
     return index
+
+
+_ID_CHARS = b"0123456789,"
+
+
+def indices_of_sample_ids(
+    sample_ids: Sequence[str], num_samples: int | None
+) -> set[int]:
+    """The distinct indices k < num_samples of those ids that are `sample_<k>`.
+
+    The same as calling `index_of_sample_id` on each id and dropping the Nones,
+    but for a list of canonical ids it works on one joined string (no Python
+    work per id apart from making the ints), so half a million ids take tens
+    of milliseconds instead of a few hundred. Anything unusual in the list
+    (other names, leading zeros, stray characters) falls back to one id at a
+    time, with the same result.
+    """
+    found = _canonical_sample_indices(sample_ids)
+    if found is None:
+        found = {
+            index
+            for sample_id in sample_ids
+            if (index := index_of_sample_id(sample_id, None)) is not None
+        }
+    if num_samples is not None and found and max(found) >= num_samples:
+        found = {index for index in found if index < num_samples}
+    return found
+
+
+def _canonical_sample_indices(sample_ids: Sequence[str]) -> set[int] | None:
+    """Bulk parse of ids that are all exactly `sample_<k>`; None otherwise.
+
+    Joined by newlines, with every "newline + prefix" turned into a comma, a
+    list of canonical ids becomes a JSON array body of plain integers: only
+    digits and commas, no empty item, no leading zero (JSON rejects those),
+    one item per id. Any id that is not canonical breaks one of these checks.
+    """
+    if not sample_ids:
+        return set()
+    try:
+        joined = "\n".join(sample_ids)
+    except TypeError:
+        return None
+    if not joined.startswith(SAMPLE_ID_PREFIX):
+        return None
+    body = joined[len(SAMPLE_ID_PREFIX) :].replace("\n" + SAMPLE_ID_PREFIX, ",")
+    if not body.isascii():
+        return None
+    raw = body.encode("ascii")
+    if raw.translate(None, _ID_CHARS):  # anything left is not a digit or comma
+        return None
+    try:
+        numbers = json.loads(b"[" + raw + b"]")
+    except ValueError:  # empty item, leading zero, or too many digits for int()
+        return None
+    if len(numbers) != len(sample_ids):  # an id held a comma or a second id
+        return None
+    return set(numbers)
 
 
 class SimulatedHealthData:
@@ -110,8 +177,30 @@ class SimulatedHealthData:
     def samples(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         return [self.sample(i) for i in indices]
 
+    def samples_json(self, indices: Sequence[int]) -> list[str]:
+        """Each sample's compact JSON text, as json.dumps(sample(i),
+        separators=(",", ":")) would give it, without building the dicts.
+
+        Optional in a source: the server uses it when present. The texts
+        need no escaping: prompts and traces are printable ASCII without
+        quotes or backslashes (a test checks the equality).
+        """
+        seed, length = self.seed, self.sequence_length
+        out = []
+        for index in indices:
+            prompt, trace = simulate_sample(random.Random(f"{seed}:{index}"), length)
+            out.append(
+                f'{{"inputs":{{"text_input":"{prompt}","text_output":"{trace}"}},'
+                f'"target_labels":{{"text_output":{{"text_output":"{trace}"}}}},'
+                f'"sample_id":"{SAMPLE_ID_PREFIX}{index}"}}'
+            )
+        return out
+
     def index_of(self, sample_id: str) -> int | None:
         return index_of_sample_id(sample_id, self.num_samples)
+
+    def indices_of(self, sample_ids: Sequence[str]) -> set[int]:
+        return indices_of_sample_ids(sample_ids, self.num_samples)
 
 
 @dataclass(frozen=True)
@@ -119,50 +208,98 @@ class ResetOutcome:
     """What a `reset` did: rewound the stream, or joined the pass in progress."""
 
     rewound: bool
-    position: int
+    position: int  # the cursor after the reset (0 after a rewind)
     returned: int  # indices this connection had taken that went back to the front
 
 
 class SampleStream:
     """One cursor over sample indices, shared by every connection of a server.
 
-    Rules it keeps:
+    A *pass* is what the stream serves from one rewind (to index 0) until it
+    is exhausted. The rules:
 
-    * Between two rewinds no index is handed out twice, whatever the number of
-      connections, except indices explicitly given back (see `reset`).
-    * Indices of validation ids are never handed out once set, across resets,
-      until the next `set_validation_ids` replaces them.
-    * A `reset` rewinds to index 0 only when no *other* connection is in the
-      middle of a pass (has taken data since the last rewind and has not been
-      told the stream is exhausted). Otherwise the requester joins the pass in
-      progress; on its first reset, the indices of its last batch before that
-      reset (EIR's probe takes one) go back to the front of the stream.
-    * Opening or closing a connection never moves the cursor.
+    1. One cursor. Every `take`, from any connection, gets the next indices
+       in one step. Between two rewinds no index is handed out twice, however
+       many connections there are, except the ones given back by rule 4.
+    2. Validation ids are never handed out. After `set_validation_ids`, their
+       indices are skipped by every later `take`, across rewinds, until the
+       next `set_validation_ids` replaces the whole set.
+    3. A connection is *in the pass* from when it takes data, or joins by a
+       reset (rule 4), until it is told the stream is exhausted (`take`
+       returns None), closes, or the stream is rewound.
+    4. `reset` rewinds to index 0 only when no *other* connection is in the
+       pass; otherwise the requester joins the pass in progress. If a
+       connection's first reset joins, and its one request for data before
+       it was answered with one batch (EIR's validation probe takes one
+       sample and throws it away), that batch goes back to the front of the
+       stream, minus any validation ids. So at most one batch per connection
+       is remembered, and only until its second take or its first reset;
+       memory does not grow with the run. A connection with a remembered
+       batch is in the pass, so no other connection can rewind under it.
+    5. Opening or closing a connection never moves the cursor and never
+       rewinds, whatever that connection had taken.
+    6. The stream never talks to anyone: the caller answers the connection
+       that asked, and nobody else.
 
-    Connections are any hashable keys. Every method is synchronous and cheap;
-    under asyncio that makes each call atomic.
+    `peek` shows what the next takes would hand out, without taking it.
+    Connections are any hashable keys. The state is a handful of integers
+    and sets of integers (no samples), and every method is synchronous and
+    cheap, so under asyncio each call is atomic; the same small interface
+    could be backed by a shared store serving several server processes.
     """
 
-    def __init__(self, num_samples: int | None) -> None:
+    def __init__(
+        self,
+        num_samples: int | None,
+        indices_of: Callable[[Sequence[str]], Collection[int]] | None = None,
+    ) -> None:
+        """`num_samples`: indices per pass (None: unbounded). `indices_of`:
+        maps received validation ids to the distinct indices they name, leaving
+        out ids this stream does not produce; by default ids are `sample_<k>`."""
+        if num_samples is not None and num_samples < 0:
+            raise ValueError(f"num_samples must be 0 or more, got {num_samples}")
         self.num_samples = num_samples
+        self._indices_of = indices_of
         self._cursor = 0  # next fresh index
         self._front: deque[int] = deque()  # given back, served before fresh ones
-        self._skip: frozenset[int] = frozenset()
+        self._skip: Collection[int] = frozenset()
+        self._skip_sorted: list[int] | None = None  # for remaining_iterations
         self._validation_ids_received = 0
         self._validation_ids_set = False
         self._open: set[Hashable] = set()
         self._in_pass: set[Hashable] = set()
-        self._before_first_reset: dict[Hashable, list[int]] = {}
+        # Connections that have not reset yet and have taken at most once ->
+        # the batch they took (None: nothing yet). See rule 4.
+        self._before_first_reset: dict[Hashable, tuple[int, ...] | None] = {}
         self._served_in_pass = 0
         self._served_total = 0
         self._rewinds = 0
 
+    @classmethod
+    def for_source(cls, source: SampleSource) -> "SampleStream":
+        """The stream of `source`: its length, and its mapping of sample ids.
+
+        A source may offer `indices_of(ids)` (all ids at once, as
+        `SimulatedHealthData` does); otherwise its `index_of` is asked id by id.
+        """
+        bulk = getattr(source, "indices_of", None)
+        if bulk is None:
+            index_of = source.index_of
+
+            def bulk(ids: Sequence[str]) -> set[int]:
+                return {i for i in map(index_of, ids) if i is not None}
+
+        return cls(source.num_samples, bulk)
+
     # -- connections -------------------------------------------------------
     def connect(self, conn: Hashable) -> None:
-        self._open.add(conn)
-        self._before_first_reset[conn] = []
+        """Register a new connection; it has taken nothing and not reset."""
+        if conn not in self._open:
+            self._open.add(conn)
+            self._before_first_reset[conn] = None
 
     def disconnect(self, conn: Hashable) -> None:
+        """Forget a connection; the cursor and the others are untouched."""
         self._open.discard(conn)
         self._in_pass.discard(conn)
         self._before_first_reset.pop(conn, None)
@@ -172,82 +309,120 @@ class SampleStream:
         """Up to `count` next indices for `conn`; None once the stream is exhausted."""
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
-        out: list[int] = []
-        skip = self._skip
-        while self._front and len(out) < count:
-            index = self._front.popleft()
-            if index not in skip:
-                out.append(index)
-        end = self.num_samples
-        cursor = self._cursor
+        self.connect(conn)
+        # The front never holds a validation id: `reset` and
+        # `set_validation_ids` leave them out.
+        front = self._front
+        out = [front.popleft() for _ in range(min(count, len(front)))]
+        skip, cursor, end = self._skip, self._cursor, self.num_samples
+        wanted = count - len(out)
         if not skip:
-            stop = cursor + count - len(out)
-            if end is not None:
-                stop = min(stop, end)
-            out.extend(range(cursor, max(stop, cursor)))
-            cursor = max(stop, cursor)
+            stop = cursor + wanted if end is None else min(cursor + wanted, end)
+            if stop > cursor:
+                out.extend(range(cursor, stop))
+                cursor = stop
         else:
-            while len(out) < count and (end is None or cursor < end):
+            while wanted and (end is None or cursor < end):
                 if cursor not in skip:
                     out.append(cursor)
+                    wanted -= 1
                 cursor += 1
         self._cursor = cursor
+        if conn in self._before_first_reset:
+            if out and self._before_first_reset[conn] is None:
+                self._before_first_reset[conn] = tuple(out)  # maybe a probe
+            else:  # a second take (or "terminate"): not a probe
+                del self._before_first_reset[conn]
         if not out:
             self._in_pass.discard(conn)  # told "terminate": its pass is over
             return None
         self._in_pass.add(conn)
-        if conn in self._before_first_reset:
-            self._before_first_reset[conn] = out
         self._served_in_pass += len(out)
         self._served_total += len(out)
         return out
 
     def peek(self, count: int) -> list[int]:
         """The indices the next `take` calls would hand out, without taking them."""
-        out = [i for i in self._front if i not in self._skip][:count]
-        cursor, end = self._cursor, self.num_samples
+        out = list(islice(self._front, count))
+        skip, cursor, end = self._skip, self._cursor, self.num_samples
         while len(out) < count and (end is None or cursor < end):
-            if cursor not in self._skip:
+            if cursor not in skip:
                 out.append(cursor)
             cursor += 1
         return out
 
     def reset(self, conn: Hashable) -> ResetOutcome:
-        """Rewind for `conn`, or let it join the pass others are in the middle of."""
-        taken = self._before_first_reset.pop(conn, [])
-        others_streaming = bool(self._in_pass - {conn})
-        self._in_pass.discard(conn)
-        if not others_streaming:
+        """Rewind for `conn`, or let it join the pass others are in (rule 4)."""
+        self.connect(conn)
+        probe_batch = self._before_first_reset.pop(conn, None)
+        others_in_pass = len(self._in_pass) - (conn in self._in_pass)
+        if not others_in_pass:
             self._cursor = 0
             self._front.clear()
             self._in_pass.clear()
-            for other in self._before_first_reset:
-                self._before_first_reset[other] = []  # stale after a rewind
+            for other in self._before_first_reset:  # (none has a batch: rule 4)
+                self._before_first_reset[other] = None
             self._served_in_pass = 0
             self._rewinds += 1
             return ResetOutcome(rewound=True, position=0, returned=0)
-        self._front.extendleft(reversed(taken))
-        self._served_in_pass -= len(taken)
-        return ResetOutcome(rewound=False, position=self._cursor, returned=len(taken))
+        returned = [i for i in probe_batch or () if i not in self._skip]
+        self._front.extendleft(reversed(returned))
+        self._served_in_pass -= len(returned)
+        self._in_pass.add(conn)
+        return ResetOutcome(
+            rewound=False, position=self._cursor, returned=len(returned)
+        )
 
-    def set_validation_ids(self, indices: Sequence[int | None]) -> tuple[int, int]:
-        """Replace the set to skip. `indices` holds one entry per id received,
-        None where the id is not one this stream produces. Returns
-        (ids received, distinct ids this stream produces)."""
-        skip = frozenset(i for i in indices if i is not None)
+    def set_validation_ids(self, ids: Sequence[str]) -> tuple[int, int]:
+        """Replace the set of ids never to serve. Returns (ids received,
+        distinct ids among them that this stream produces)."""
+        if self._indices_of is None:
+            skip = indices_of_sample_ids(ids, self.num_samples)
+        else:
+            skip = self._indices_of(ids)
+            if not isinstance(skip, set | frozenset):
+                skip = set(skip)
+            end = self.num_samples
+            if skip and (min(skip) < 0 or (end is not None and max(skip) >= end)):
+                skip = {i for i in skip if i >= 0 and (end is None or i < end)}
         self._skip = skip
-        self._validation_ids_received = len(indices)
+        self._skip_sorted = None
+        if skip and self._front:
+            self._front = deque(i for i in self._front if i not in skip)
+        self._validation_ids_received = len(ids)
         self._validation_ids_set = True
-        return len(indices), len(skip)
+        return len(ids), len(skip)
+
+    def validation_indices(self) -> list[int]:
+        """The indices being skipped, in order (for logs and checks)."""
+        return list(self._sorted_skip())
 
     # -- reporting ---------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def _sorted_skip(self) -> list[int]:
+        if self._skip_sorted is None:
+            self._skip_sorted = sorted(self._skip)
+        return self._skip_sorted
+
+    def remaining(self) -> int | None:
+        """How many indices this pass will still hand out (None: unbounded)."""
         end = self.num_samples
+        if end is None:
+            return None
+        fresh = max(end - self._cursor, 0)
+        if self._skip:
+            fresh -= len(self._sorted_skip()) - bisect_left(
+                self._sorted_skip(), self._cursor
+            )
+        return len(self._front) + fresh
+
+    def status(self) -> dict[str, Any]:
+        """The stream's state, with the tutorial's keys (current_position,
+        max_iterations, remaining_iterations) among them."""
         return {
             "phase": "training" if self._validation_ids_set else "setup",
             "current_position": self._cursor,
-            "max_iterations": end,
-            "remaining_iterations": None if end is None else max(end - self._cursor, 0),
+            "max_iterations": self.num_samples,
+            "remaining_iterations": self.remaining(),
             "samples_served_in_pass": self._served_in_pass,
             "samples_served_total": self._served_total,
             "rewinds": self._rewinds,

@@ -1,0 +1,520 @@
+"""The multi-client rules of `SampleStream`, without sockets.
+
+Connections are plain strings here. EIR's validation probe is `take(conn, 1)`
+followed by `reset(conn)`; its training connection is the probe, then takes
+until `take` returns None (the server's "terminate").
+"""
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from data_simulator import (
+    ResetOutcome,
+    SampleStream,
+    SimulatedHealthData,
+    index_of_sample_id,
+    indices_of_sample_ids,
+)
+
+
+def ids(*indices: int) -> list[str]:
+    return [f"sample_{i}" for i in indices]
+
+
+def drain(stream: SampleStream, conn: str, batch: int = 7) -> list[int]:
+    """Everything `conn` gets until the stream says it is exhausted."""
+    out: list[int] = []
+    while (got := stream.take(conn, batch)) is not None:
+        out += got
+    return out
+
+
+def probe(stream: SampleStream, conn: str) -> tuple[list[int] | None, ResetOutcome]:
+    """EIR's validation probe: one sample (thrown away), then a reset."""
+    stream.connect(conn)
+    return stream.take(conn, 1), stream.reset(conn)
+
+
+# -- rule 1: one cursor ------------------------------------------------------
+def test_connections_share_one_cursor_and_no_index_is_served_twice() -> None:
+    stream = SampleStream(20)
+    for conn in "abc":
+        stream.connect(conn)
+    got = {conn: [] for conn in "abc"}
+    for conn in "abcabcabc":
+        got[conn] += stream.take(conn, 2) or []
+    assert got["a"] == [0, 1, 6, 7, 12, 13]
+    assert got["b"] == [2, 3, 8, 9, 14, 15]
+    assert got["c"] == [4, 5, 10, 11, 16, 17]
+    assert stream.take("a", 5) == [18, 19]  # cut short at the end of the pass
+    assert stream.take("b", 5) is None
+    assert stream.take("b", 5) is None  # and stays exhausted until a rewind
+
+
+def test_take_rejects_a_count_below_one_and_changes_nothing() -> None:
+    stream = SampleStream(10)
+    stream.connect("a")
+    before = stream.status()
+    with pytest.raises(ValueError, match="count must be at least 1, got 0"):
+        stream.take("a", 0)
+    assert stream.status() == before
+
+
+def test_unbounded_stream_never_ends() -> None:
+    stream = SampleStream(None)
+    stream.connect("a")
+    assert stream.take("a", 10_000)[-1] == 9_999
+    assert stream.take("a", 3) == [10_000, 10_001, 10_002]
+
+
+def test_negative_length_is_refused() -> None:
+    with pytest.raises(ValueError, match="num_samples must be 0 or more, got -1"):
+        SampleStream(-1)
+
+
+# -- rule 2: validation ids ----------------------------------------------------
+def test_validation_ids_are_skipped_across_rewinds_until_replaced() -> None:
+    stream = SampleStream(8)
+    stream.connect("a")
+    assert stream.set_validation_ids(ids(1, 3, 5)) == (3, 3)
+    assert drain(stream, "a") == [0, 2, 4, 6, 7]
+    assert stream.reset("a").rewound
+    assert drain(stream, "a", batch=2) == [0, 2, 4, 6, 7]
+    assert stream.set_validation_ids(ids(0, 7)) == (2, 2)  # replaces, not adds
+    assert stream.reset("a").rewound
+    assert drain(stream, "a") == [1, 2, 3, 4, 5, 6]
+
+
+def test_confirmation_counts_received_ids_and_distinct_ids_this_stream_makes() -> None:
+    stream = SampleStream(10)
+    received = [
+        *ids(1, 1, 9),  # a duplicate is received twice but names one sample
+        "sample_10",  # past the end of a 10-sample stream
+        "sample_01",  # not how sample 1 is named
+        "patient_3",
+        "",
+    ]
+    assert stream.set_validation_ids(received) == (7, 2)
+    status = stream.status()
+    assert (status["validation_ids_received"], status["validation_ids"]) == (7, 2)
+    assert stream.validation_indices() == [1, 9]
+
+
+def test_validation_ids_set_between_a_take_and_its_give_back_are_not_returned() -> None:
+    stream = SampleStream(100)
+    stream.connect("trainer")
+    stream.take("trainer", 10)  # 0..9, mid-pass
+    stream.connect("late")
+    assert stream.take("late", 1) == [10]
+    stream.set_validation_ids(ids(10))
+    outcome = stream.reset("late")
+    assert (outcome.rewound, outcome.returned) == (False, 0)
+    assert 10 not in drain(stream, "trainer")
+
+
+def test_replacing_validation_ids_drops_them_from_the_front_too() -> None:
+    stream = SampleStream(50)
+    stream.connect("trainer")
+    stream.take("trainer", 5)
+    _, outcome = probe(stream, "late")  # gives back 5
+    assert outcome.returned == 1 and stream.peek(2) == [5, 6]
+    stream.set_validation_ids(ids(5))
+    assert stream.status()["returned_to_front"] == 0
+    assert stream.peek(2) == [6, 7]
+
+
+def test_a_source_without_bulk_parsing_is_asked_id_by_id() -> None:
+    class Renamed:
+        num_samples = 5
+
+        def index_of(self, sample_id: str) -> int | None:
+            names = {"alpha": 0, "beta": 1, "omega": 99}
+            return names.get(sample_id)
+
+    stream = SampleStream.for_source(Renamed())  # type: ignore[arg-type]
+    assert stream.set_validation_ids(["alpha", "beta", "sample_2", "omega"]) == (4, 2)
+    stream.connect("a")
+    assert drain(stream, "a") == [2, 3, 4]
+
+
+def test_the_simulated_source_parses_ids_in_bulk() -> None:
+    stream = SampleStream.for_source(SimulatedHealthData(max_iterations=6))
+    assert stream.set_validation_ids(ids(0, 5, 6)) == (3, 2)
+    stream.connect("a")
+    assert drain(stream, "a") == [1, 2, 3, 4]
+
+
+ID_TEXT = st.one_of(
+    st.integers(0, 10**6).map(lambda k: f"sample_{k}"),
+    st.from_regex(r"sample_[0-9,\n]{0,8}", fullmatch=True),
+    st.from_regex(r"(sample_)?0[0-9]{1,3}", fullmatch=True),
+    st.sampled_from(
+        [
+            "",
+            "sample_",
+            "sample_-1",
+            "sample_ 1",
+            "sample_1 ",
+            "sample_١",
+            "sample_1e3",
+            "sample_+1",
+            "sample_1\nsample_2",
+            "sample_" + "9" * 5000,
+            "Sample_1",
+            "sample_1.0",
+            "sample_true",
+            "sample_[1]",
+        ]
+    ),
+    st.text(max_size=12),
+)
+CANONICAL = st.integers(0, 10**6).map(lambda k: f"sample_{k}")
+
+
+@st.composite
+def id_lists(draw: st.DrawFn) -> list[str]:
+    """Mixed lists, and lists of canonical ids with at most one odd id in them
+    (the bulk path's hard case: one bad id among good ones)."""
+    if draw(st.booleans()):
+        return draw(st.lists(ID_TEXT, max_size=30))
+    received = draw(st.lists(CANONICAL, min_size=1, max_size=30))
+    if draw(st.booleans()):
+        position = draw(st.integers(0, len(received)))
+        received.insert(position, draw(ID_TEXT))
+    return received
+
+
+@settings(max_examples=500, deadline=None)
+@given(id_lists(), st.one_of(st.none(), st.integers(0, 2 * 10**6)))
+def test_bulk_id_parsing_agrees_with_parsing_one_id_at_a_time(
+    received: list[str], num_samples: int | None
+) -> None:
+    one_by_one = {index_of_sample_id(s, num_samples) for s in received} - {None}
+    assert indices_of_sample_ids(received, num_samples) == one_by_one
+
+
+def test_half_a_million_ids_in_bulk() -> None:
+    received = ids(*range(0, 1_000_000, 2))
+    assert indices_of_sample_ids(received, None) == set(range(0, 1_000_000, 2))
+    assert indices_of_sample_ids(received, 11) == {0, 2, 4, 6, 8, 10}
+    received[123_456] = "sample_0123"  # one odd id: the slow path, same answer
+    assert indices_of_sample_ids(received, 11) == {0, 2, 4, 6, 8, 10}
+
+
+# -- rules 3 and 4: reset, join, give back --------------------------------------
+def test_a_reset_with_nobody_else_in_the_pass_rewinds_to_zero() -> None:
+    stream = SampleStream(30)
+    taken, outcome = probe(stream, "a")
+    assert taken == [0]
+    assert outcome == ResetOutcome(rewound=True, position=0, returned=0)
+    assert stream.take("a", 3) == [0, 1, 2]  # the probe's sample is served again
+    assert stream.reset("a").rewound  # alone in its own pass: rewinds again
+    assert stream.take("a", 3) == [0, 1, 2]
+
+
+def test_a_probe_joining_a_pass_in_progress_gives_its_sample_back() -> None:
+    stream = SampleStream(100)
+    stream.connect("trainer")
+    assert stream.take("trainer", 32) == list(range(32))
+    taken, outcome = probe(stream, "worker")
+    assert taken == [32]
+    assert outcome == ResetOutcome(rewound=False, position=33, returned=1)
+    assert stream.status()["samples_served_in_pass"] == 32
+    assert stream.take("trainer", 3) == [32, 33, 34]  # not lost, not skipped
+    assert stream.take("worker", 2) == [35, 36]
+
+
+def test_nothing_is_given_back_after_more_than_one_take_before_the_first_reset() -> (
+    None
+):
+    stream = SampleStream(None)
+    stream.connect("trainer")
+    stream.take("trainer", 4)  # 0..3
+    stream.connect("reader")
+    stream.take("reader", 5)  # 4..8
+    stream.take("reader", 5)  # 9..13: a reader, not a probe
+    outcome = stream.reset("reader")
+    assert (outcome.rewound, outcome.returned) == (False, 0)
+    assert stream.peek(2) == [14, 15]
+
+
+def test_only_the_first_reset_gives_back() -> None:
+    stream = SampleStream(None)
+    stream.connect("trainer")
+    stream.take("trainer", 4)  # 0..3
+    assert probe(stream, "worker")[1].returned == 1  # 4 goes back
+    assert stream.take("worker", 1) == [4]
+    second = stream.reset("worker")
+    assert (second.rewound, second.returned) == (False, 0)
+    assert stream.status()["returned_to_front"] == 0
+    assert stream.take("trainer", 1) == [5]
+
+
+def test_every_probe_of_workers_starting_together_is_given_back() -> None:
+    stream = SampleStream(40)
+    workers = [f"w{i}" for i in range(8)]
+    for w in workers:
+        stream.connect(w)
+    probes = {w: stream.take(w, 1) for w in workers}  # all probe before any reset
+    assert sorted(p[0] for p in probes.values()) == list(range(8))
+    outcomes = [stream.reset(w) for w in workers]
+    assert not any(o.rewound for o in outcomes)  # joiners count as in the pass
+    served = [i for w in workers for i in drain(stream, w, batch=3)]
+    assert sorted(served) == list(range(40))
+
+
+def test_a_joiner_holds_the_pass_open_until_it_is_told_terminate() -> None:
+    stream = SampleStream(10)
+    stream.connect("a")
+    stream.take("a", 4)
+    assert not stream.reset("joiner").rewound  # joins a's pass, takes nothing yet
+    assert drain(stream, "a") == list(range(4, 10))
+    assert not stream.reset("c").rewound  # the joiner is still in the pass
+    assert stream.take("joiner", 5) is None
+    assert stream.take("c", 5) is None
+    assert stream.reset("d").rewound  # now nobody is: a new pass
+
+
+def test_terminate_ends_a_connections_pass() -> None:
+    stream = SampleStream(10)
+    stream.connect("a")
+    assert drain(stream, "a") == list(range(10))  # a was told "terminate"
+    assert stream.status()["connections_in_pass"] == 0
+    _, outcome = probe(stream, "b")  # b's probe got terminate too
+    assert outcome.rewound
+    assert stream.take("b", 2) == [0, 1]
+
+
+def test_a_connection_told_terminate_that_resets_alone_starts_a_new_pass() -> None:
+    stream = SampleStream(5)
+    stream.connect("a")
+    drain(stream, "a")
+    assert stream.reset("a").rewound
+    assert drain(stream, "a") == list(range(5))
+
+
+def test_a_connection_told_terminate_joins_if_others_are_still_in_the_pass() -> None:
+    stream = SampleStream(6)
+    stream.connect("a")
+    stream.connect("b")
+    stream.take("b", 2)  # b is in the pass and has not been told terminate
+    assert drain(stream, "a") == [2, 3, 4, 5]
+    outcome = stream.reset("a")
+    assert (outcome.rewound, outcome.position) == (False, 6)
+    assert stream.take("a", 1) is None
+    assert stream.take("b", 1) is None
+
+
+def test_a_probe_in_flight_keeps_others_from_rewinding_under_it() -> None:
+    stream = SampleStream(6)
+    stream.connect("worker")
+    assert stream.take("worker", 1) == [0]  # probing, not reset yet
+    assert not stream.reset("other").rewound  # so 0 is not served twice
+    outcome = stream.reset("worker")
+    assert (outcome.rewound, outcome.returned) == (False, 1)
+    assert drain(stream, "other") == list(range(6))
+
+
+def test_a_rewind_drops_indices_given_back_in_the_pass_before() -> None:
+    stream = SampleStream(10)
+    stream.connect("trainer")
+    stream.take("trainer", 3)  # 0..2
+    probe(stream, "worker")  # gives 3 back
+    stream.disconnect("trainer")
+    stream.disconnect("worker")  # 3 is still at the front; nobody is in the pass
+    assert stream.reset("next").rewound
+    assert drain(stream, "next") == list(range(10))  # 3 once, in its place
+
+
+def test_a_connection_whose_first_reset_rewinds_gives_nothing_back() -> None:
+    stream = SampleStream(10)
+    probe(stream, "a")  # rewinds; its probe sample is simply served again
+    assert stream.status()["returned_to_front"] == 0
+    assert stream.take("a", 1) == [0]
+
+
+# -- rule 5: opening and closing ----------------------------------------------
+def test_closing_a_connection_never_rewinds_or_moves_the_others() -> None:
+    stream = SampleStream(20)
+    for conn in "ab":
+        stream.connect(conn)
+    stream.take("a", 3)  # 0..2
+    stream.take("b", 3)  # 3..5, not given back when b closes
+    stream.disconnect("b")
+    stream.connect("c")
+    stream.disconnect("c")  # opened and closed without a word
+    assert stream.take("a", 3) == [6, 7, 8]
+    status = stream.status()
+    assert (status["rewinds"], status["open_connections"]) == (0, 1)
+    assert not stream.reset("d").rewound  # a is still in the pass
+    stream.disconnect("a")
+    stream.disconnect("d")
+    assert stream.status()["connections_in_pass"] == 0
+    assert stream.reset("e").rewound  # and now nobody is
+
+
+def test_closing_before_the_first_reset_does_not_give_the_probe_back() -> None:
+    stream = SampleStream(20)
+    stream.connect("a")
+    stream.take("a", 4)
+    stream.connect("b")
+    assert stream.take("b", 1) == [4]
+    stream.disconnect("b")
+    assert stream.take("a", 2) == [5, 6]
+
+
+# -- peek ------------------------------------------------------------------------
+def test_peek_shows_exactly_what_the_next_take_hands_out() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        stream = SampleStream(rng.choice([None, 30, 60]))
+        stream.set_validation_ids(ids(*rng.sample(range(60), rng.randint(0, 20))))
+        for conn in "abc":
+            stream.connect(conn)
+        stream.take("a", rng.randint(1, 15))
+        stream.take("b", rng.randint(1, 4))
+        stream.reset("b")  # may give a batch back to the front
+        count = rng.randint(1, 40)
+        expected = stream.peek(count)
+        assert stream.peek(count) == expected  # peeking takes nothing
+        assert (stream.take("c", count) or []) == expected
+
+
+# -- status ------------------------------------------------------------------------
+def test_status_reports_the_stream() -> None:
+    stream = SampleStream(100)
+    assert stream.status() == {
+        "phase": "setup",
+        "current_position": 0,
+        "max_iterations": 100,
+        "remaining_iterations": 100,
+        "samples_served_in_pass": 0,
+        "samples_served_total": 0,
+        "rewinds": 0,
+        "open_connections": 0,
+        "connections_in_pass": 0,
+        "validation_ids": 0,
+        "validation_ids_received": 0,
+        "returned_to_front": 0,
+    }
+    stream.connect("a")
+    stream.take("a", 10)
+    stream.reset("a")  # rewind
+    stream.take("a", 20)  # 0..19
+    stream.set_validation_ids([*ids(5, 25, 26, 150), "nope"])
+    probe(stream, "b")  # joins, gives 20 back
+    status = stream.status()
+    assert status["phase"] == "training"
+    assert status["current_position"] == 21
+    # 100 indices, minus 0..20 passed, minus 25 and 26, plus 20 at the front
+    assert status["remaining_iterations"] == 100 - 21 - 2 + 1
+    assert status["samples_served_in_pass"] == 20
+    assert status["samples_served_total"] == 31
+    assert status["rewinds"] == 1
+    assert status["open_connections"] == 2
+    assert status["connections_in_pass"] == 2
+    assert status["validation_ids"] == 3
+    assert status["validation_ids_received"] == 5
+    assert status["returned_to_front"] == 1
+    assert len(drain(stream, "b")) == status["remaining_iterations"]
+    assert stream.status()["remaining_iterations"] == 0
+
+
+def test_status_of_an_unbounded_stream_has_no_remaining_count() -> None:
+    stream = SampleStream(None)
+    stream.connect("a")
+    stream.take("a", 5)
+    status = stream.status()
+    assert (status["max_iterations"], status["remaining_iterations"]) == (None, None)
+    assert status["current_position"] == 5
+
+
+# -- all the rules at once: random interleavings ----------------------------------
+@pytest.mark.parametrize("seed", range(12))
+def test_random_interleavings_keep_every_rule(seed: int) -> None:
+    """Many connections taking, resetting, closing and reopening at random.
+
+    A model of the rules (not of the code) follows along: who is in the pass,
+    what each connection took before its first reset, what has been served
+    since the last rewind. Checked after every step: the rewind-or-join
+    decision, the give-back, no index twice between rewinds, no validation
+    id ever, and, when a pass ends with the validation ids unchanged
+    throughout, that it served every other index exactly once.
+    """
+    rng = random.Random(seed)
+    size = rng.choice([40, 120, 300])
+    stream = SampleStream(size)
+    validation: set[int] = set()
+    served: dict[int, str] = {}  # index -> holder, since the last rewind
+    given_back: set[int] = set()  # served, then returned to the front
+    in_pass: set[str] = set()
+    first_batch: dict[str, list[int]] = {}  # not reset, taken at most once
+    open_conns: list[str] = []
+    clean_pass = True  # validation ids unchanged since the last rewind
+    names = iter(f"c{i}" for i in range(10**6))
+
+    for _ in range(1500):
+        op = rng.random()
+        if op < 0.08 or not open_conns:
+            conn = next(names)
+            stream.connect(conn)
+            open_conns.append(conn)
+            first_batch[conn] = []
+        elif op < 0.13:
+            conn = open_conns.pop(rng.randrange(len(open_conns)))
+            stream.disconnect(conn)
+            in_pass.discard(conn)
+            first_batch.pop(conn, None)
+        elif op < 0.25:
+            conn = rng.choice(open_conns)
+            outcome = stream.reset(conn)
+            last = first_batch.pop(conn, None) or []  # its one batch, if any
+            assert outcome.rewound == (not in_pass - {conn})
+            if outcome.rewound:
+                served.clear()
+                given_back.clear()
+                in_pass.clear()
+                first_batch = {c: [] for c in first_batch}
+                clean_pass = True
+            else:
+                back = [i for i in last if i not in validation]
+                assert outcome.returned == len(back)
+                given_back.update(back)
+                in_pass.add(conn)
+        elif op < 0.27:
+            validation = set(rng.sample(range(size + 20), rng.randint(0, size // 3)))
+            stream.set_validation_ids(ids(*validation))
+            validation = {i for i in validation if i < size}
+            clean_pass = False
+        else:
+            conn = rng.choice(open_conns)
+            count = rng.choice([1, 1, 2, 5, 16])
+            assert stream.peek(count) == (expected := stream.peek(count))
+            got = stream.take(conn, count)
+            assert (got or []) == expected
+            if got is None:
+                in_pass.discard(conn)
+                first_batch.pop(conn, None)  # a take answered "terminate"
+                if clean_pass:
+                    assert sorted(served) == sorted(set(range(size)) - validation)
+                continue
+            in_pass.add(conn)
+            if conn in first_batch:
+                if first_batch[conn]:
+                    del first_batch[conn]  # a second take: not a probe
+                else:
+                    first_batch[conn] = got
+            for index in got:
+                assert index not in validation, f"validation id {index} served"
+                assert index not in served or index in given_back, (
+                    f"index {index} served twice since the last rewind"
+                )
+                given_back.discard(index)
+                served[index] = conn
+        status = stream.status()
+        assert status["open_connections"] == len(open_conns)
+        assert status["connections_in_pass"] == len(in_pass)
+        assert status["samples_served_in_pass"] == len(served) - len(given_back)
