@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -74,3 +75,23 @@ def server() -> Iterator[ServerThread]:
     """A bounded server (300 samples, 64 readings, seed 0)."""
     with running_server(max_iterations=300) as s:
         yield s
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """With EIR_REQUIRE_CLIENT=1 (CI sets it), a missing eirtrain is a failure.
+
+    Interop tests otherwise skip when eirtrain is absent, which would let CI
+    go green without ever proving the server against the real client."""
+    if item.get_closest_marker("eirtrain") is None:
+        return
+    if os.environ.get("EIR_REQUIRE_CLIENT") != "1":
+        return
+    from eirtrain_support import find_eirtrain
+
+    if find_eirtrain() is None:
+        pytest.fail(
+            "EIR_REQUIRE_CLIENT=1 but eirtrain is not installed: run "
+            "../shared/tools/eir-client-setup.sh or set EIR_ENV_DIR",
+            pytrace=False,
+        )

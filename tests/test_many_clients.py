@@ -10,27 +10,14 @@ id, nothing a client did not ask for, and no rewind under anyone's feet.
 import json
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import websocket
 from conftest import ServerThread, running_server
 from eir_like_client import EirLikeClient
-from eirtrain_support import (
-    CONFIGS,
-    SMOKE_SHRINK,
-    deep_merge,
-    parse_stream_log,
-    requires_eirtrain,
-    run_eirtrain,
-    server_process,
-    streamer_command,
-    write_shrunk_configs,
-)
 
 from data_simulator import SimulatedHealthData
 from simulation_streamer import Settings
@@ -332,46 +319,3 @@ def test_half_a_million_validation_ids_in_one_message() -> None:
         assert status["validation_ids"] == 500_000
         assert status["validation_ids_received"] == 500_000
         client.close()
-
-
-@pytest.mark.eirtrain
-@requires_eirtrain
-def test_eirtrain_with_two_dataloader_workers_reads_one_clean_pass(
-    tmp_path: Path,
-) -> None:
-    """The real client, with a training connection per DataLoader worker: the
-    workers' probes and batches interleave, and together they still read
-    every non-validation sample exactly once."""
-    stream, valid_size = 1200, SMOKE_SHRINK["global"]["basic_experiment"]["valid_size"]
-    shrink = deep_merge(
-        SMOKE_SHRINK, {"global": {"basic_experiment": {"dataloader_workers": 2}}}
-    )
-    command = streamer_command(
-        "--port", "0", "--max-iterations", str(stream), "--workers", "1"
-    )
-    output_folder = tmp_path / "run"
-    with server_process(command, tmp_path / "server.log") as server:
-        configs = write_shrunk_configs(
-            CONFIGS, tmp_path / "configs", server.url, output_folder, shrink
-        )
-        # About 100 s on a busy 2-core machine; the margin is for a busier one.
-        run = run_eirtrain(configs, output_folder, tmp_path / "eirtrain.log", 600)
-        status = server.status()
-        log = parse_stream_log(server.log_text())
-    assert not run.timed_out, f"eirtrain ran over 600 s:\n{run.tail()}"
-    assert run.returncode == 0, f"eirtrain exited {run.returncode}:\n{run.tail()}"
-
-    trainers = log.training_connections()
-    assert len(trainers) == 2, [c.requests[:6] for c in trainers]
-    for trainer in trainers:
-        assert trainer.requests[:4] == ["getInfo", "getData", "heartbeat", "reset"]
-        assert trainer.terminated and trainer.after_reset
-    validation = log.validation_indices
-    assert validation is not None and len(validation) == valid_size
-    delivered = log.training_deliveries()
-    twice = [i for i, n in Counter(delivered).items() if n > 1]
-    assert not twice, f"served twice in the training pass: {twice[:20]}"
-    assert not validation & set(delivered), "validation ids served for training"
-    assert set(delivered) == set(range(stream)) - validation
-    assert status["samples_served_in_pass"] == stream - valid_size
-    assert (status["connections_in_pass"], status["returned_to_front"]) == (0, 0)

@@ -1,0 +1,427 @@
+"""Run the real EIR client (`eirtrain`) against a data server, for interop tests.
+
+Nothing here is specific to one example: give it the folder of EIR configs, the
+server's command line and the settings to shrink, and it
+
+* starts the server as a subprocess and finds its port in its log
+  (`server_process`),
+* writes a shrunk copy of the configs pointing at that server
+  (`write_shrunk_configs`; YAML is read with the Python of eirtrain's own
+  environment, which has PyYAML, and written back as JSON, which is YAML),
+* runs eirtrain with a timeout (`run_eirtrain`) and reads its run folder
+  (`generated_samples`, `last_logged_iteration`),
+* asks the server for its `status` and reads what our server logs at DEBUG
+  level (`parse_stream_log`): every request, the stream indices of every
+  `data` reply, the validation indices and `terminate`.
+
+eirtrain is looked up in $EIR_ENV_DIR/bin (default /tmp/eirenv), then on PATH;
+tests skip with `requires_eirtrain` when it is absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websocket
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+EIR_ENV_DIR = Path(os.environ.get("EIR_ENV_DIR", "/tmp/eirenv"))
+
+# The shrink of tools/README.md: a run of about 25 s on 2 CPU cores against a
+# server bounded to about 1200 samples. Keys: config file kind (the start of
+# the file name, as eirtrain-against.sh picks them), then nested YAML keys.
+SMOKE_SHRINK: dict[str, dict[str, Any]] = {
+    "global": {
+        "basic_experiment": {"batch_size": 32, "valid_size": 100},
+        "data_preparation": {"streaming_setup_samples": 1000},
+        "evaluation_checkpoint": {"sample_interval": 20, "checkpoint_interval": 20},
+        "accelerator": {"hardware": "cpu"},
+        "visualization_logging": {"no_pbar": True},
+    }
+}
+CONFIG_KINDS = ("global", "input", "fusion", "output")
+
+
+# -- finding eirtrain ------------------------------------------------------
+def find_eirtrain() -> Path | None:
+    """eirtrain in $EIR_ENV_DIR/bin (default /tmp/eirenv), else on PATH."""
+    candidate = EIR_ENV_DIR / "bin" / "eirtrain"
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which("eirtrain")
+    return Path(found) if found else None
+
+
+def eir_python(eirtrain: Path) -> str:
+    """The interpreter of eirtrain's environment (it has PyYAML)."""
+    sibling = eirtrain.parent / "python"
+    if sibling.exists():
+        return str(sibling)
+    first_line = eirtrain.read_text(errors="replace").splitlines()[0]
+    if first_line.startswith("#!"):
+        return first_line[2:].strip().split()[0]
+    raise RuntimeError(f"cannot tell which Python runs {eirtrain}")
+
+
+requires_eirtrain = pytest.mark.skipif(
+    find_eirtrain() is None,
+    reason=f"eirtrain not installed: no {EIR_ENV_DIR}/bin/eirtrain (set EIR_ENV_DIR "
+    "or build it with tools/eir-client-setup.sh) and none on PATH",
+)
+
+
+# -- configs -----------------------------------------------------------------
+def config_kind(path: Path) -> str | None:
+    """Which eirtrain option a config file goes to, by the start of its name."""
+    return next((k for k in CONFIG_KINDS if path.name.startswith(k)), None)
+
+
+def read_yaml_documents(path: Path, python: str) -> list[Any]:
+    """All YAML documents of `path`, parsed by eirtrain's Python."""
+    code = (
+        "import json, sys, yaml\n"
+        "print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"
+    )
+    out = subprocess.run(
+        [python, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"cannot read {path} as YAML: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def deep_merge(base: Any, override: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `override` merged in, recursively for nested mappings."""
+    merged = dict(base) if isinstance(base, Mapping) else {}
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def write_shrunk_configs(
+    config_dir: Path,
+    dest: Path,
+    url: str,
+    output_folder: Path,
+    shrink: Mapping[str, Mapping[str, Any]],
+) -> dict[str, list[Path]]:
+    """Copy the configs of `config_dir` to `dest` for a test run.
+
+    Every input_source/output_source becomes `url`, the globals' output_folder
+    becomes `output_folder`, and `shrink[kind]` is merged into each config of
+    that kind ("global", "input", "fusion", "output"). Returns the written
+    files by kind.
+    """
+    eirtrain = find_eirtrain()
+    if eirtrain is None:
+        raise RuntimeError("eirtrain is not installed")
+    python = eir_python(eirtrain)
+    unknown = set(shrink) - set(CONFIG_KINDS)
+    if unknown:
+        raise ValueError(f"shrink keys must be among {CONFIG_KINDS}, got {unknown}")
+    dest.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[Path]] = {kind: [] for kind in CONFIG_KINDS}
+    sources = sorted([*config_dir.glob("*.yaml"), *config_dir.glob("*.yml")])
+    for path in sources:
+        kind = config_kind(path)
+        if kind is None:
+            continue
+        documents = []
+        for doc in read_yaml_documents(path, python):
+            if not isinstance(doc, dict):
+                continue
+            doc = deep_merge(doc, shrink.get(kind, {}))
+            for section, key in (
+                ("input_info", "input_source"),
+                ("output_info", "output_source"),
+            ):
+                if isinstance(doc.get(section), dict):
+                    doc[section][key] = url
+            if kind == "global":
+                doc = deep_merge(
+                    doc, {"basic_experiment": {"output_folder": str(output_folder)}}
+                )
+            documents.append(json.dumps(doc, indent=2))
+        target = dest / f"{path.stem}.yaml"
+        target.write_text("\n---\n".join(documents) + "\n")
+        written[kind].append(target)
+    for kind in ("global", "output"):
+        if not written[kind]:
+            raise ValueError(f"no {kind}*.yaml in {config_dir}")
+    return written
+
+
+# -- the server ------------------------------------------------------------
+def streamer_command(*args: str) -> list[str]:
+    """Our server's CLI (run with cwd=ROOT) with its own logger at DEBUG level.
+
+    The server's `--log-level debug` would also turn on the websockets
+    library's frame log; this only adds the server's per-request lines.
+    """
+    wrapper = (
+        "import logging, sys\n"
+        "logging.getLogger('simulation_streamer').setLevel(logging.DEBUG)\n"
+        "import simulation_streamer\n"
+        "sys.exit(simulation_streamer.main(sys.argv[1:]))\n"
+    )
+    return [sys.executable, "-c", wrapper, *args]
+
+
+_LISTEN_URL = re.compile(r"wss?://[^\s/:]+:(\d+)(/[^\s?]*)")
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    url: str
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def status(self, timeout: float = 10) -> dict[str, Any]:
+        return request_status(self.url, timeout)
+
+
+@contextlib.contextmanager
+def server_process(
+    command: Sequence[str],
+    log_path: Path,
+    cwd: Path = ROOT,
+    startup_timeout: float = 30,
+) -> Iterator[ServerProcess]:
+    """Start a server, wait for the ws:// URL in its log, stop it (SIGTERM) after.
+
+    The command should listen on 127.0.0.1 with `--port 0`; its log must name
+    the URL it serves (ws://HOST:PORT/PATH), as ours does on its "listening"
+    line. The test connects to 127.0.0.1 on that port and path.
+    """
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(command), cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            match = _LISTEN_URL.search(log_path.read_text(errors="replace"))
+            if match:
+                break
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with status {process.returncode} before "
+                    f"listening:\n{log_path.read_text(errors='replace')}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"server did not log a ws:// URL within {startup_timeout} s:\n"
+                    f"{log_path.read_text(errors='replace')}"
+                )
+            time.sleep(0.1)
+        url = f"ws://127.0.0.1:{match.group(1)}{match.group(2)}"
+        yield ServerProcess(process, log_path, url)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+def request_status(url: str, timeout: float = 10) -> dict[str, Any]:
+    """Handshake, then `status`; the status payload."""
+    ws = websocket.create_connection(url, timeout=timeout, skip_utf8_validation=True)
+    try:
+        ws.send(json.dumps({"type": "handshake", "version": "1.0", "worker_id": 0}))
+        reply = json.loads(ws.recv())
+        if reply.get("type") != "handshake":
+            raise RuntimeError(f"handshake refused: {reply}")
+        ws.send(json.dumps({"type": "status", "payload": {}}))
+        reply = json.loads(ws.recv())
+        if reply.get("type") != "status":
+            raise RuntimeError(f"expected a status reply, got {reply}")
+        return reply["payload"]
+    finally:
+        ws.close()
+
+
+# -- eirtrain ------------------------------------------------------------------
+@dataclass
+class EirtrainRun:
+    returncode: int  # -9 / -15 when killed at the timeout
+    seconds: float
+    timed_out: bool
+    output_folder: Path
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+
+def run_eirtrain(
+    configs: Mapping[str, Sequence[Path]],
+    output_folder: Path,
+    log_path: Path,
+    timeout: float,
+    extra_args: Sequence[str] = (),
+    torch_threads: int | None = 1,
+) -> EirtrainRun:
+    """Run eirtrain on configs from `write_shrunk_configs`, bounded by `timeout`.
+
+    eirtrain runs in its own process group, so at the timeout its DataLoader
+    workers are killed with it. `torch_threads` sets OMP_NUM_THREADS: on a
+    small machine shared with the server (and other jobs), torch's default of
+    one thread per core made a smoke run 4 times slower or worse (None: keep
+    the environment's setting).
+    """
+    eirtrain = find_eirtrain()
+    if eirtrain is None:
+        raise RuntimeError("eirtrain is not installed")
+    command = [str(eirtrain)]
+    for kind in CONFIG_KINDS:
+        if configs.get(kind):
+            command += [f"--{kind}_configs", *map(str, configs[kind])]
+    command += list(extra_args)
+    env = dict(os.environ)
+    if torch_threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(torch_threads)
+    started = time.monotonic()
+    timed_out = False
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=log_path.parent,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+    return EirtrainRun(
+        process.returncode,
+        time.monotonic() - started,
+        timed_out,
+        output_folder,
+        log_path,
+    )
+
+
+def generated_samples(output_folder: Path) -> list[Path]:
+    """The sequences eirtrain generated at its sample intervals."""
+    return sorted(output_folder.glob("results/*/*/samples/*/auto/*_generated.txt"))
+
+
+def last_logged_iteration(output_folder: Path) -> int:
+    """The last iteration in train_average_history.log.
+
+    EIR writes that file in chunks of sample_interval // 2 iterations, so up to
+    that many final iterations can be missing from it.
+    """
+    history = output_folder / "train_average_history.log"
+    rows = history.read_text().splitlines()[1:]
+    return int(rows[-1].split(",")[0]) if rows else 0
+
+
+# -- our server's DEBUG log --------------------------------------------------
+def parse_ranges(text: str) -> list[int]:
+    """ "0,2-5,9" -> [0, 2, 3, 4, 5, 9] (the server's `index_ranges`)."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        out.extend(range(int(first), int(last or first) + 1))
+    return out
+
+
+@dataclass
+class ConnectionLog:
+    id: int
+    requests: list[str] = field(default_factory=list)
+    batches: list[list[int]] = field(default_factory=list)  # every data reply
+    after_reset: list[int] = field(default_factory=list)  # data after a reset
+    terminated: bool = False
+    closed: str | None = None
+
+
+@dataclass
+class StreamLog:
+    connections: dict[int, ConnectionLog]
+    validation_indices: set[int] | None
+    validation_connection: int | None
+
+    def ordered(self) -> list[ConnectionLog]:
+        return [self.connections[i] for i in sorted(self.connections)]
+
+    def training_connections(self) -> list[ConnectionLog]:
+        """Connections opened after the validation ids were set that fetched data."""
+        after = self.validation_connection or 0
+        return [c for c in self.ordered() if c.id > after and c.batches]
+
+    def training_deliveries(self) -> list[int]:
+        """Indices served for training: after each training connection's probe
+        reset (the probe's one sample is discarded by EIR)."""
+        return [i for c in self.training_connections() for i in c.after_reset]
+
+
+_CONN_LINE = re.compile(r"simulation_streamer: conn#(\d+)(?: \S+)?: (.*)$")
+
+
+def parse_stream_log(text: str) -> StreamLog:
+    """Read the connection story out of our server's log (needs DEBUG lines)."""
+    connections: dict[int, ConnectionLog] = {}
+    validation: set[int] | None = None
+    validation_conn: int | None = None
+    for line in text.splitlines():
+        match = _CONN_LINE.search(line)
+        if not match:
+            continue
+        conn_id, event = int(match.group(1)), match.group(2)
+        conn = connections.setdefault(conn_id, ConnectionLog(conn_id))
+        if event.startswith("received "):
+            kind = event.removeprefix("received ")
+            if kind != "handshake":
+                conn.requests.append(kind)
+        elif event.startswith("sent "):
+            indices = parse_ranges(event.split(" samples ", 1)[1].strip())
+            conn.batches.append(indices)
+            if "reset" in conn.requests:
+                conn.after_reset.extend(indices)
+        elif event.startswith("validation ids skip indices"):
+            ranges = event.removeprefix("validation ids skip indices").strip()
+            validation = set(parse_ranges(ranges))
+            validation_conn = conn_id
+        elif event.startswith("stream exhausted"):
+            conn.terminated = True
+        elif event.startswith("closed"):
+            conn.closed = event
+    return StreamLog(connections, validation, validation_conn)
