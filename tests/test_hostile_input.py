@@ -17,6 +17,9 @@ from conftest import running_server
 from eir_like_client import EirLikeClient
 from websocket import ABNF
 
+from data_simulator import SampleStream
+from simulation_streamer import CLOSED, READY, Close, Connection
+
 MAX_ERROR_LENGTH = 400  # an error message quotes the bad value, cut short
 HANDSHAKE = {"type": "handshake", "version": "1.0", "worker_id": 0}
 
@@ -503,3 +506,40 @@ def test_hostile_text_cannot_forge_or_flood_log_lines(
     for record in records:
         text = record.getMessage()
         assert "\n" not in text and len(text) < 500, text[:300]
+
+
+def test_a_peer_that_never_sends_its_handshake_is_closed_with_1008() -> None:
+    """A silent peer must not hold a connection (and its slot) forever."""
+    with running_server(max_iterations=20, handshake_timeout=0.3) as srv:
+        silent = websocket.create_connection(srv.url, timeout=5)
+        well_behaved = EirLikeClient(srv.url)
+        reply = json.loads(silent.recv())
+        assert reply["type"] == "error"
+        assert "no handshake within 0.3 s" in reply["payload"]["message"]
+        frame = silent.recv_data_frame(control_frame=True)
+        assert frame[0] == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(frame[1].data[:2], "big") == 1008
+        silent.close()
+        # The other connection, past its handshake, is not timed out.
+        time.sleep(0.5)
+        data = well_behaved.request({"type": "getData", "payload": {"batch_size": 1}})
+        assert data[0]["payload"][0]["sample_id"] == "sample_0"
+        well_behaved.close()
+        deadline = time.monotonic() + 5
+        while srv.status()["open_connections"] and time.monotonic() < deadline:
+            time.sleep(0.02)  # the server sees the close a moment later
+        assert srv.status()["open_connections"] == 0
+
+
+def test_core_handshake_timeout_is_a_transition_to_closed() -> None:
+    stream = SampleStream(10)
+    conn = Connection(1, stream, {})
+    outputs = conn.handshake_timed_out(30)
+    assert outputs[0].message["type"] == "error"
+    assert outputs[1] == Close(1008, "handshake timeout")
+    assert conn.phase == CLOSED
+    assert stream.status()["open_connections"] == 0
+    ready = Connection(2, stream, {})
+    ready.receive(json.dumps({"type": "handshake", "version": "1.0"}))
+    assert ready.handshake_timed_out(30) == []
+    assert ready.phase == READY
