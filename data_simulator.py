@@ -24,7 +24,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import filterfalse, islice
 from typing import Any, Protocol, runtime_checkable
 
 from single_sample_simulation import simulate_sample
@@ -345,10 +345,14 @@ class SampleStream:
         """The indices the next `take` calls would hand out, without taking them."""
         out = list(islice(self._front, count))
         skip, cursor, end = self._skip, self._cursor, self.num_samples
-        while len(out) < count and (end is None or cursor < end):
-            if cursor not in skip:
-                out.append(cursor)
-            cursor += 1
+        wanted = count - len(out)
+        if wanted > 0:  # in C: the server peeks thousands ahead (read-ahead)
+            stop = cursor + wanted + len(skip)  # at most len(skip) are skipped
+            fresh = range(cursor, stop if end is None else max(min(stop, end), cursor))
+            if skip:
+                out.extend(islice(filterfalse(skip.__contains__, fresh), wanted))
+            else:
+                out.extend(fresh[:wanted])
         return out
 
     def reset(self, conn: Hashable) -> ResetOutcome:
