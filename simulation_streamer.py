@@ -64,9 +64,9 @@ logger = logging.getLogger("simulation_streamer")
 # The protocol: connection phases, and what each phase accepts.
 #
 # Rules this table keeps (every transition goes through Connection._enter):
-#  1. The first message must be a valid handshake. Anything else, or a wrong
-#     version, gets an `error` naming the problem and the connection is closed
-#     with 1008 (policy violation).
+#  1. The first message must be a valid handshake. Anything else, a wrong
+#     version, or silence past --handshake-timeout gets an `error` naming the
+#     problem and the connection is closed with 1008 (policy violation).
 #  2. Once READY, every request gets exactly one reply, in order, except:
 #     `reset` gets two (a `resetConfirmation`, then a `reset` notice, both to
 #     the requester only), and a `heartbeat` followed directly by `getData` is
@@ -1697,7 +1697,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, str]:
         type=nonnegative_int,
         default=env_int("MAX_ITERATIONS", None),
         help="samples in one pass of the stream, then 'terminate' "
-        "(env MAX_ITERATIONS; default: unbounded)",
+        "(env MAX_ITERATIONS; None: unbounded)",
     )
     parser.add_argument(
         "--sequence-length",
@@ -1743,7 +1743,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, str]:
         "--ping-interval",
         type=float,
         default=None,
-        help="send keepalive pings this often, in seconds (default: off, since EIR "
+        help="send keepalive pings this often, in seconds (None: off, since EIR "
         "answers pings only when it reads)",
     )
     parser.add_argument(
