@@ -312,7 +312,6 @@ class Connection:
             raise BadMessage(
                 f"batch_size must be a positive integer, got {excerpt(size)}"
             )
-        outputs: list[Output] = []
         if size > self.max_batch_size:
             if not self.warned_batch_size:
                 self.warned_batch_size = True
@@ -326,9 +325,9 @@ class Connection:
         indices = self.stream.take(self.id, size)
         if indices is None:
             logger.debug("conn#%d: stream exhausted, sending terminate", self.id)
-            return [*outputs, TERMINATE]
+            return [TERMINATE]
         self.samples_served += len(indices)
-        return [*outputs, SendSamples(indices)]
+        return [SendSamples(indices)]
 
     def _on_heartbeat(self, payload: dict[str, Any]) -> list[Output]:
         self.heartbeat_pending = True
