@@ -163,11 +163,15 @@ class SimulatedHealthData:
             "outputs": {"text_output": {"type": "sequence"}},
         }
 
-    def sample(self, index: int) -> dict[str, Any]:
+    def simulate(self, index: int) -> tuple[str, str]:
+        """(prompt, trace) of sample `index`: a function of (seed, index) alone."""
         # A string seed is hashed with SHA-512 by `random`: stable across runs,
         # platforms and PYTHONHASHSEED, and no two (seed, index) pairs collide.
         rng = random.Random(f"{self.seed}:{index}")
-        prompt, trace = simulate_sample(rng, self.sequence_length)
+        return simulate_sample(rng, self.sequence_length)
+
+    def sample(self, index: int) -> dict[str, Any]:
+        prompt, trace = self.simulate(index)
         return {
             "inputs": {"text_input": prompt, "text_output": trace},
             "target_labels": {"text_output": {"text_output": trace}},
@@ -185,10 +189,9 @@ class SimulatedHealthData:
         need no escaping: prompts and traces are printable ASCII without
         quotes or backslashes (a test checks the equality).
         """
-        seed, length = self.seed, self.sequence_length
         out = []
         for index in indices:
-            prompt, trace = simulate_sample(random.Random(f"{seed}:{index}"), length)
+            prompt, trace = self.simulate(index)
             out.append(
                 f'{{"inputs":{{"text_input":"{prompt}","text_output":"{trace}"}},'
                 f'"target_labels":{{"text_output":{{"text_output":"{trace}"}}}},'
@@ -259,6 +262,11 @@ class SampleStream:
         if num_samples is not None and num_samples < 0:
             raise ValueError(f"num_samples must be 0 or more, got {num_samples}")
         self.num_samples = num_samples
+        if indices_of is None:
+
+            def indices_of(ids: Sequence[str]) -> set[int]:
+                return indices_of_sample_ids(ids, num_samples)
+
         self._indices_of = indices_of
         self._cursor = 0  # next fresh index
         self._front: deque[int] = deque()  # given back, served before fresh ones
@@ -380,15 +388,12 @@ class SampleStream:
     def set_validation_ids(self, ids: Sequence[str]) -> tuple[int, int]:
         """Replace the set of ids never to serve. Returns (ids received,
         distinct ids among them that this stream produces)."""
-        if self._indices_of is None:
-            skip = indices_of_sample_ids(ids, self.num_samples)
-        else:
-            skip = self._indices_of(ids)
-            if not isinstance(skip, set | frozenset):
-                skip = set(skip)
-            end = self.num_samples
-            if skip and (min(skip) < 0 or (end is not None and max(skip) >= end)):
-                skip = {i for i in skip if i >= 0 and (end is None or i < end)}
+        skip = self._indices_of(ids)
+        if not isinstance(skip, set | frozenset):
+            skip = set(skip)
+        end = self.num_samples  # a source's mapping may name indices out of range
+        if skip and (min(skip) < 0 or (end is not None and max(skip) >= end)):
+            skip = {i for i in skip if i >= 0 and (end is None or i < end)}
         self._skip = skip
         self._skip_sorted = None
         if skip and self._front:

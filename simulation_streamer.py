@@ -977,12 +977,8 @@ class SampleProducer:
         self._chunk_samples = 0
         unfinished = [*self._urgent, *self._waiting]
         for worker in self._workers:
-            if worker is not None:  # EOF on its stdin; a broken pipe if it writes
-                self._detach(worker)
-                with contextlib.suppress(OSError):
-                    worker.proc.stdin.close()  # type: ignore[union-attr]
-                with contextlib.suppress(OSError):
-                    worker.proc.stdout.close()  # type: ignore[union-attr]
+            if worker is not None:
+                self._hang_up(worker)
         deadline = time.monotonic() + 0.2  # they hold no state: no need to wait
         for worker in self._workers:
             if worker is None:
@@ -1159,6 +1155,15 @@ class SampleProducer:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(worker.results)
 
+    def _hang_up(self, worker: _Worker) -> None:
+        """Stop listening and close both pipes: EOF on the worker's stdin tells
+        it to exit, and a broken pipe stops it if it is still writing."""
+        self._detach(worker)
+        with contextlib.suppress(OSError):
+            worker.proc.stdin.close()  # type: ignore[union-attr]
+        with contextlib.suppress(OSError):
+            worker.proc.stdout.close()  # type: ignore[union-attr]
+
     def _on_readable(self, worker: _Worker) -> None:
         """Read what a worker wrote: a frame's fixed-size header, then its body
         straight into a buffer of its size (no further copies)."""
@@ -1219,11 +1224,7 @@ class SampleProducer:
     def _worker_lost(self, worker: _Worker) -> None:
         if self._workers[worker.slot] is not worker:
             return
-        self._detach(worker)
-        with contextlib.suppress(OSError):
-            worker.proc.stdin.close()  # type: ignore[union-attr]
-        with contextlib.suppress(OSError):
-            worker.proc.stdout.close()  # type: ignore[union-attr]
+        self._hang_up(worker)
         try:  # its output ended: it has exited or is about to
             code: int | None = worker.proc.wait(0.2)
         except subprocess.TimeoutExpired:

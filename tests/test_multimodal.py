@@ -8,7 +8,6 @@ the real eirtrain trains all five inputs and five outputs to a clean exit.
 
 import base64
 import logging
-import os
 import statistics
 import struct
 from collections import Counter
@@ -239,9 +238,8 @@ def eirtrain_support():
     import eirtrain_support
 
     if eirtrain_support.find_eirtrain() is None:
+        # With EIR_REQUIRE_CLIENT=1, conftest.py fails the test before this.
         where = eirtrain_support.EIR_ENV_DIR / "bin" / "eirtrain"
-        if os.environ.get("EIR_REQUIRE_CLIENT") == "1":
-            pytest.fail(f"EIR_REQUIRE_CLIENT=1 but eirtrain is missing ({where})")
         pytest.skip(
             f"eirtrain not installed: no {where} and none on PATH (set EIR_ENV_DIR "
             "or build it with eir-client-setup.sh)"
