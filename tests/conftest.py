@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from simulation_streamer import Settings, StreamServer  # noqa: E402
+from simulation_streamer import Settings, StreamServer, parse_args  # noqa: E402
 
 
 class ServerThread:
@@ -62,7 +62,7 @@ class ServerThread:
 @contextlib.contextmanager
 def running_server(**overrides) -> Iterator[ServerThread]:
     """A server on 127.0.0.1:<free port>; in-loop generation unless workers given."""
-    settings = replace(Settings(port=0, workers=0), **overrides)
+    settings = replace(parse_args(["--port", "0", "--workers", "0"]), **overrides)
     server = ServerThread(settings)
     try:
         yield server

@@ -56,7 +56,9 @@ def replay_a_real_run(server: ServerThread, workers: int) -> None:
     assert status["current_position"] == 0
     assert status["max_iterations"] == NUM_SAMPLES
     assert status["remaining_iterations"] == NUM_SAMPLES
-    assert status["workers"] == workers  # samples made where this test says
+    generation = status["generation"]  # samples made where this test says
+    assert generation["engine"] == ("processes" if workers else "thread")
+    assert generation["workers"] == (workers or 1)
     client.close()
 
     # 1b. connection 2: the probe, getInfo, getData until the setup samples.
