@@ -38,6 +38,17 @@ class EirLikeClient:
     def close(self) -> None:
         self.ws.close()
 
+    def count_queued(self, wait: float = 0.5) -> dict[str, int]:
+        """Read whatever is still queued for this client, until `wait` seconds
+        pass without a message; the counts by message type."""
+        counts: dict[str, int] = {}
+        while True:
+            try:
+                message = self.recv(timeout=wait)
+            except websocket.WebSocketTimeoutException:
+                return counts
+            counts[message["type"]] = counts.get(message["type"], 0) + 1
+
     # -- EIR's sequences ---------------------------------------------------
     def validation_probe(self) -> dict[str, Any]:
         """getInfo, getData(1), heartbeat, reset (two replies, 5 s each).

@@ -16,7 +16,6 @@ import pytest
 import websocket
 from conftest import running_server
 from eir_like_client import EirLikeClient
-from long_run import count_queued
 
 import simulation_streamer
 
@@ -55,7 +54,7 @@ def test_eir_fetch_pattern_keeps_no_backlog_over_many_fetches() -> None:
             pytest.fail(f"read timeout ({READ_TIMEOUT} s): the stream stalled")
         elapsed = time.monotonic() - started
         assert seen == [f"sample_{i}" for i in range(FETCHES)]
-        queued = count_queued(client, wait=0.5)
+        queued = client.count_queued()
         client.close()
         served = server.status()["samples_served_total"]
     print(
@@ -78,7 +77,7 @@ def test_without_pairing_the_backlog_grows_one_reply_per_fetch(
     with running_server(max_iterations=None) as server:
         client = eir_training_connection(server.url)
         fetch_many(client, fetches)
-        queued = count_queued(client, wait=0.5)
+        queued = client.count_queued()
         client.close()
         served = server.status()["samples_served_total"]
     assert queued.get("data", 0) >= fetches - 5, queued
@@ -93,7 +92,7 @@ def test_concurrent_eir_workers_each_keep_no_backlog() -> None:
     def worker(number: int, url: str) -> None:
         client = eir_training_connection(url)
         seen, _ = fetch_many(client, fetches)
-        results[number] = (seen, count_queued(client, wait=0.5))
+        results[number] = (seen, client.count_queued())
         client.close()
 
     with running_server(max_iterations=None) as server:

@@ -1,7 +1,7 @@
 """Running the server as an operator does: signals, ports, health, paths, logs.
 
-Most tests start `simulation_streamer.py` as a subprocess (bench/long_run.py's
-ServerProcess) and read the URL from its "listening" log line.
+Most tests start `simulation_streamer.py` as a subprocess (`ServerProcess` of
+tests/server_process.py) and read the URL from its "listening" log line.
 """
 
 import http.client
@@ -19,7 +19,7 @@ import pytest
 import websocket
 from conftest import ROOT, running_server
 from eir_like_client import EirLikeClient
-from long_run import ServerProcess, rss_kib
+from server_process import ServerProcess, rss_kib
 from websocket import ABNF
 
 HANDSHAKE = json.dumps({"type": "handshake", "version": "1.0", "worker_id": 0})
