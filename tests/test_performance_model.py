@@ -1,269 +1,28 @@
-"""The fast generator and the worker pipeline change speed, never content.
+"""The worker pipeline changes speed, never content.
 
-* The fast generator (single_sample_simulation.py) against the plain `randint`
-  reference (bench/plain_simulation.py): two-sample tests, field by field,
-  over a few thousand samples each. Every check fails with probability
-  ALPHA (1e-6 per check) when both draw from the same model; two mutants of
-  the fast generator (a step range one value too narrow; fitness rounded
-  down) show that the same checks do catch small model errors.
-* Determinism: sample k is a function of (seed, k) alone, in this process,
-  in another process with another hash seed, and as JSON text.
-* The server: a sample's bytes do not depend on the number of worker
-  processes or on batch sizes; samples made ahead of a reset are still right
-  after the rewind; generation happens in the workers, not the event loop; a
-  killed worker is replaced without losing a request; a source that fails
-  gets an error reply and the server keeps serving.
+A sample's bytes do not depend on the number of worker processes or on batch
+sizes; samples made ahead of a reset are still right after the rewind;
+generation happens in the workers, not the event loop; a killed worker is
+replaced without losing a request; a source that fails gets an error reply
+and the server keeps serving. (The generator itself is tested in
+test_generator.py, the determinism of the source in test_simulator.py.)
 """
 
 import asyncio
-import hashlib
 import json
-import math
 import os
 import random
-import re
 import signal
-import statistics
-import subprocess
-import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 import websocket
-from conftest import ROOT, running_server
-from plain_simulation import plain_simulate_sample
+from conftest import running_server
 
-import single_sample_simulation
 from data_simulator import SampleStream, SimulatedHealthData
 from simulation_streamer import DEFAULT_SOURCE, SampleProducer
-from single_sample_simulation import simulate_sample
-
-N = 5000  # samples per generator in the distribution tests
-ALPHA = 1e-6  # false-alarm probability of each statistical check, at most
-Z = statistics.NormalDist().inv_cdf(1 - ALPHA / 2)  # two-sided, for means
-Z_UPPER = statistics.NormalDist().inv_cdf(1 - ALPHA)  # one-sided, for chi-square
-
-PROMPT = re.compile(
-    r"<START> \|Time of HR monitoring start: (?P<hour>\d\d):(?P<minute>\d\d)\|"
-    r" \|Biomarkers\| Cortisol_Morning: (?P<cortisol_morning>\d+) -"
-    r" Cortisol_Evening: (?P<cortisol_evening>\d+) -"
-    r" Sleep_Quality: (?P<sleep_quality>\d+) -"
-    r" \|Demographics\| Age: (?P<age>\d+) -"
-    r" Fitness_Score: (?P<fitness>\d+\.\d) -"
-    r" Activity: (?P<activity>sedentary|light|moderate|vigorous) -"
-)
-FIELDS = (
-    "hour",
-    "minute",
-    "cortisol_morning",
-    "cortisol_evening",
-    "sleep_quality",
-    "age",
-    "fitness",
-    "activity",
-)
-
-Generator = Callable[[random.Random, int], tuple[str, str]]
-
-
-# -- statistics --------------------------------------------------------------------
-def chi_square_critical(dof: int) -> float:
-    """Upper ALPHA quantile of chi-square(dof) by the Wilson-Hilferty
-    approximation; checked by numerical integration to exceed no more than
-    ALPHA of the distribution for dof 1 ... 60 (it errs on the safe side)."""
-    h = 2 / (9 * dof)
-    return dof * (1 - h + Z_UPPER * math.sqrt(h)) ** 3
-
-
-def homogeneity(a: Iterable[object], b: Iterable[object]) -> tuple[float, int]:
-    """Two-sample chi-square statistic of two categorical samples, and its dof.
-
-    Categories expected fewer than 5 times in either sample are pooled.
-    """
-    count_a, count_b = Counter(a), Counter(b)
-    n_a, n_b = sum(count_a.values()), sum(count_b.values())
-    cells: list[tuple[int, int]] = []
-    pool_a = pool_b = 0
-    for category in sorted(set(count_a) | set(count_b), key=str):
-        x, y = count_a[category], count_b[category]
-        total = x + y
-        if min(total * n_a, total * n_b) / (n_a + n_b) < 5:
-            pool_a, pool_b = pool_a + x, pool_b + y
-        else:
-            cells.append((x, y))
-    if pool_a + pool_b:
-        cells.append((pool_a, pool_b))
-    chi2 = 0.0
-    for x, y in cells:
-        total = x + y
-        for observed, n in ((x, n_a), (y, n_b)):
-            expected = total * n / (n_a + n_b)
-            chi2 += (observed - expected) ** 2 / expected
-    return chi2, len(cells) - 1
-
-
-def same_distribution(a: list[object], b: list[object], what: str) -> list[str]:
-    chi2, dof = homogeneity(a, b)
-    limit = chi_square_critical(max(dof, 1))
-    if chi2 > limit:
-        return [f"{what}: chi-square {chi2:.1f} with {dof} dof, limit {limit:.1f}"]
-    return []
-
-
-def same_mean(a: list[float], b: list[float], what: str) -> list[str]:
-    se = math.hypot(
-        statistics.stdev(a) / math.sqrt(len(a)), statistics.stdev(b) / math.sqrt(len(b))
-    )
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    if abs(diff) > Z * se:
-        return [f"{what}: means differ by {diff:+.3f}, allowed ±{Z * se:.3f}"]
-    return []
-
-
-# -- samples -----------------------------------------------------------------------
-def draw(generator: Generator, seed: str, n: int = N) -> list[tuple[dict, list[int]]]:
-    """n (prompt fields, readings) pairs, one RNG per index as the server seeds."""
-    out = []
-    for index in range(n):
-        prompt, trace = generator(random.Random(f"{seed}:{index}"), 64)
-        match = PROMPT.fullmatch(prompt)
-        assert match is not None, prompt
-        out.append((match.groupdict(), [int(t) for t in trace.split(" ")]))
-    return out
-
-
-def compare(fast: list[tuple[dict, list[int]]], plain: list[tuple[dict, list[int]]]):
-    """Every check of fast against plain; the list of those that failed."""
-    failures: list[str] = []
-    for name in FIELDS:
-        a, b = [p[name] for p, _ in fast], [p[name] for p, _ in plain]
-        # Same values: every value of every field is expected over 25 times
-        # in N samples, so one is missing by chance with odds below e**-25.
-        if set(a) != set(b):
-            failures.append(f"{name}: values {sorted(set(a) ^ set(b))} in one only")
-        failures += same_distribution(a, b, name)
-    first = ([t[0] for _, t in fast], [t[0] for _, t in plain])
-    failures += same_distribution(*first, "first reading")
-    failures += same_mean(*first, "first reading")
-    # The trace by activity level (the trace's strongest driver) and overall.
-    for level in ("sedentary", "light", "moderate", "vigorous"):
-        failures += same_mean(
-            [statistics.fmean(t) for p, t in fast if p["activity"] == level],
-            [statistics.fmean(t) for p, t in plain if p["activity"] == level],
-            f"mean trace, {level}",
-        )
-    failures += same_mean(
-        [statistics.fmean(t) for _, t in fast],
-        [statistics.fmean(t) for _, t in plain],
-        "mean trace",
-    )
-    failures += same_mean(
-        [t[7] for _, t in fast], [t[7] for _, t in plain], "eighth reading"
-    )
-    failures += same_mean(
-        [t.count(200) / len(t) for _, t in fast],
-        [t.count(200) / len(t) for _, t in plain],
-        "share of readings at 200",
-    )
-    failures += same_distribution(
-        [min(t[-1], 200) // 10 for _, t in fast],
-        [min(t[-1], 200) // 10 for _, t in plain],
-        "last reading (tens)",
-    )
-    failures += same_mean(
-        [t[-1] for _, t in fast], [t[-1] for _, t in plain], "last reading"
-    )
-    return failures
-
-
-@pytest.fixture(scope="module")
-def plain_samples() -> list[tuple[dict, list[int]]]:
-    return draw(plain_simulate_sample, "plain")
-
-
-def test_fast_generator_matches_the_plain_reference(plain_samples) -> None:
-    fast = draw(simulate_sample, "fast")
-    assert compare(fast, plain_samples) == []
-
-
-def test_the_checks_catch_a_step_range_one_value_short(
-    plain_samples, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # -5 ... +7 instead of -5 ... +8: every step's mean change drops by 0.5.
-    monkeypatch.setattr(single_sample_simulation, "STEP_CHANGE", (-5, 13))
-    single_sample_simulation._trace_plan.cache_clear()
-    try:
-        failures = compare(draw(simulate_sample, "fast"), plain_samples)
-    finally:
-        monkeypatch.undo()
-        single_sample_simulation._trace_plan.cache_clear()
-    assert any("mean trace" in f for f in failures), failures
-    assert any("200" in f for f in failures), failures
-
-
-def test_the_checks_catch_fitness_rounded_down(
-    plain_samples, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Rounding the uniform score down instead of to nearest: 1.0 at full
-    # weight and 10.0 never drawn, every other score as likely as before.
-    floored = tuple(
-        (f"{t // 10}.{t % 10}", t) for t in (10 + k // 2 for k in range(180))
-    )
-    monkeypatch.setattr(single_sample_simulation, "_FITNESS", floored)
-    failures = compare(draw(simulate_sample, "fast"), plain_samples)
-    assert [f for f in failures if f.startswith("fitness: values")], failures
-
-
-# -- determinism ----------------------------------------------------------------------
-def test_sample_is_a_function_of_seed_and_index_only() -> None:
-    source = SimulatedHealthData(seed=7, sequence_length=64)
-    forwards = source.samples(range(50))
-    backwards = SimulatedHealthData(seed=7).samples(range(49, -1, -1))[::-1]
-    assert forwards == backwards
-    assert [source.sample(i) for i in (3, 3, 3)] == [forwards[3]] * 3
-    other_seed = SimulatedHealthData(seed=8).samples(range(50))
-    assert all(a != b for a, b in zip(forwards, other_seed, strict=True))
-    # The fast JSON is exactly json.dumps of the sample, compact.
-    texts = source.samples_json(range(50))
-    assert texts == [json.dumps(s, separators=(",", ":")) for s in forwards]
-
-
-def test_sample_does_not_depend_on_the_process_or_hash_seed() -> None:
-    code = (
-        "import hashlib, sys; sys.path.insert(0, sys.argv[1]); "
-        "from data_simulator import SimulatedHealthData as S; "
-        "t = ''.join(S(seed=3, sequence_length=100).samples_json(range(200))); "
-        "print(hashlib.sha256(t.encode()).hexdigest())"
-    )
-    digests = set()
-    for hash_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        digests.add(
-            subprocess.run(
-                [sys.executable, "-c", code, str(ROOT)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=60,
-            ).stdout.strip()
-        )
-    here = "".join(
-        SimulatedHealthData(seed=3, sequence_length=100).samples_json(range(200))
-    )
-    assert digests == {hashlib.sha256(here.encode()).hexdigest()}
-
-
-@pytest.mark.parametrize("length", [1, 37, 64, 300])
-def test_traces_have_the_asked_length_and_valid_tokens(length: int) -> None:
-    for index in range(200):
-        _, trace = simulate_sample(random.Random(f"t:{index}"), length)
-        tokens = [int(t) for t in trace.split(" ")]
-        assert len(tokens) == length
-        assert all(44 <= t <= 200 and t % 2 == 0 for t in tokens)
 
 
 # -- the server: bytes per sample id ---------------------------------------------------
