@@ -1,6 +1,6 @@
 """A client that talks like EIR's (websocket-client, same messages, same order).
 
-It mirrors what PROTOCOL.md describes of eir-dl 0.25.0: handshake on connect,
+It does what docs/protocol.md describes of eir-dl 0.25.0: handshake on connect,
 the validation probe at the start of setup and training connections, the
 unread heartbeat, and the training loop that sends heartbeat + getData back to
 back and reads one message, skipping heartbeat and error replies.

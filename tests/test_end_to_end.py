@@ -1,8 +1,8 @@
 """A whole EIR run, message for message, against a real server on loopback.
 
-"The order of a real run" of PROTOCOL.md, replayed with `EirLikeClient`
-(websocket-client, as EIR uses): five setup connections, then a training
-connection, on a bounded stream. Run once with samples made in the server
+"What happens in a run, in order" (docs/protocol.md), replayed with
+`EirLikeClient` (websocket-client, as EIR uses): five setup connections, then
+a training connection, on a bounded stream. Run once with samples made in the server
 process and once with worker processes, which must not change a byte.
 """
 

@@ -1,7 +1,7 @@
 """The sample source (`SimulatedHealthData`) and one connection on the stream.
 
-The source must hand EIR samples in exactly the shape of PROTOCOL.md's
-"Sample format"; the stream is exercised here from a single connection
+The source must hand EIR samples in exactly the shape docs/protocol.md gives
+under "Samples"; the stream is exercised here from a single connection
 (several connections at once are the subject of the concurrency tests).
 """
 
