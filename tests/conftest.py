@@ -13,7 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from simulation_streamer import Settings, StreamServer, parse_args  # noqa: E402
 
@@ -91,7 +90,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
     if find_eirtrain() is None:
         pytest.fail(
-            "EIR_REQUIRE_CLIENT=1 but eirtrain is not installed: run "
-            "../shared/tools/eir-client-setup.sh or set EIR_ENV_DIR",
+            "EIR_REQUIRE_CLIENT=1 but eirtrain is not installed: install eir-dl "
+            "in a virtual environment and set EIR_ENV_DIR to it (README.md, "
+            "'Tests against the real client')",
             pytrace=False,
         )
