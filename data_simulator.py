@@ -273,6 +273,7 @@ def _import_source_module(target: str, spec: str) -> Any:
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.append(cwd)
+    importlib.invalidate_caches()  # files (or zips) may have come since
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:

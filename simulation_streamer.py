@@ -30,6 +30,7 @@ import signal
 import ssl
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections import deque
@@ -479,13 +480,22 @@ def _frozen(settings: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 def _start_local_worker(spec: str, settings: tuple[tuple[str, Any], ...]) -> None:
-    """Initializer of a local worker process: load the source once, and yield
-    the CPU to the server's event loop when both want it."""
+    """Initializer of a local worker process: load the source once, yield the
+    CPU to the server's event loop when both want it, and exit with the server
+    even if it is killed (a pool's workers otherwise wait for work forever)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's
     if hasattr(os, "nice"):
         with contextlib.suppress(OSError):
             os.nice(5)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     cached_source(spec, settings)
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns when the server process is gone
+    os._exit(0)
 
 
 class LocalEngine:
@@ -558,7 +568,7 @@ class DaskEngine:
     def __init__(self, address: str, spec: str, settings: dict[str, Any]) -> None:
         try:
             from distributed import Client
-            from distributed.diagnostics.plugin import UploadFile
+            from distributed.diagnostics.plugin import SchedulerUploadFile, UploadFile
         except ImportError:
             raise ValueError(
                 "--cluster needs Dask's distributed package: "
@@ -572,11 +582,12 @@ class DaskEngine:
                 f"--cluster {address!r}: no Dask scheduler answered there: {exc}"
             ) from None
         try:
-            files, worker_spec = files_for_workers(spec)
-            for path in files:  # named by file: a restarted server replaces them
-                self.client.register_plugin(
-                    UploadFile(path), name=f"eir-stream:{os.path.basename(path)}"
-                )
+            ours, theirs, worker_spec = files_for_workers(spec)
+            for path in ours + theirs:  # named by file: a new server replaces them
+                name = f"eir-stream:{os.path.basename(path)}"
+                if path in ours:  # the scheduler unpickles make_chunk's reference
+                    self.client.register_plugin(SchedulerUploadFile(path), name=name)
+                self.client.register_plugin(UploadFile(path), name=name)
         except Exception as exc:
             self.client.close()
             raise ValueError(
@@ -618,16 +629,18 @@ class DaskEngine:
             self.client.close(timeout=2)
 
 
-def files_for_workers(spec: str) -> tuple[list[str], str]:
-    """The files a remote worker needs to make samples of `spec`, and the spec
-    as the worker imports it (a file's module is named by its stem there).
+def files_for_workers(spec: str) -> tuple[list[str], list[str], str]:
+    """What a remote worker needs to make samples of `spec`: our own modules
+    (the scheduler needs them too, to unpickle a task's reference to
+    make_chunk), the source's own files, and the spec as the worker imports
+    it (a file's module is named by its stem there).
 
-    Our own modules go along, and the source's module when it lives in the
-    current directory or beside this script; a package goes as a zip of its
-    .py files. Installed modules are expected to be installed on the workers.
+    The source's module goes along when it lives in the current directory or
+    beside this script; a package goes as a zip of its .py files. Anything
+    else it imports must be installed where the workers run.
     """
     here = os.path.dirname(os.path.abspath(__file__))
-    files = [
+    ours = [
         path
         for name in SOURCE_HELPERS
         if os.path.isfile(path := os.path.join(here, f"{name}.py"))
@@ -635,34 +648,31 @@ def files_for_workers(spec: str) -> tuple[list[str], str]:
     target, _, attr = spec.rpartition(":")
     if is_file_spec(target):
         path = os.path.abspath(target)
-        files.append(path)
-        return files, f"{os.path.splitext(os.path.basename(path))[0]}:{attr}"
+        return ours, [path], f"{os.path.splitext(os.path.basename(path))[0]}:{attr}"
     top = target.partition(".")[0]
-    if top in SOURCE_HELPERS:
-        return files, spec
-    found = importlib.util.find_spec(top)
+    found = None if top in SOURCE_HELPERS else importlib.util.find_spec(top)
     locations = list(found.submodule_search_locations or []) if found else []
     origin = found.origin if found and found.has_location else None
     local = (os.getcwd(), here)
     if locations and locations[0].startswith(local):
-        files.append(_zip_package(locations[0], top))
-    elif origin and origin.startswith(local):
-        files.append(origin)
-    return files, spec
+        return ours, [_zip_package(locations[0], top)], spec
+    if origin and origin.startswith(local):
+        return ours, [origin], spec
+    return ours, [], spec
 
 
 def _zip_package(folder: str, name: str) -> str:
-    """A zip of the package's .py files, importable from sys.path as `name`."""
+    """A zip of the package's .py files, importable from sys.path as `name`
+    (with an entry per folder: zipimport needs them for namespace packages)."""
     path = os.path.join(tempfile.mkdtemp(prefix="eir-stream-"), f"{name}.zip")
     with zipfile.ZipFile(path, "w") as archive:
         for root, dirs, names in os.walk(folder):
             dirs[:] = [d for d in dirs if not d.startswith((".", "__pycache__"))]
+            inside = os.path.normpath(os.path.join(name, os.path.relpath(root, folder)))
+            archive.write(root, inside)
             for file in names:
                 if file.endswith(".py"):
-                    full = os.path.join(root, file)
-                    archive.write(
-                        full, os.path.join(name, os.path.relpath(full, folder))
-                    )
+                    archive.write(os.path.join(root, file), os.path.join(inside, file))
     return path
 
 
@@ -1510,6 +1520,8 @@ async def run(
             "can read the data",
             settings.host,
         )
+    stop = asyncio.Event()
+    stop_on_signals(stop)  # before the "listening" line: a script may act on it
     bound = settings.max_iterations
     logger.info(
         "listening; put this in input_source/output_source: %s "
@@ -1526,8 +1538,6 @@ async def run(
     )
     if ready is not None:
         ready(server)
-    stop = asyncio.Event()
-    stop_on_signals(stop)
     await stop.wait()
     open_now = len(server.connections)
     await server.stop()

@@ -38,14 +38,17 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         wait_listening: bool = True,
         timeout: float = 15,
+        python: str = sys.executable,
+        cwd: Path = ROOT,
+        script: str | Path = STREAMER,
     ) -> None:
-        self.args = [sys.executable, str(STREAMER), *args]
+        self.args = [python, str(script), *args]
         self.lines: list[str] = []
         self._changed = threading.Condition()
         started = time.monotonic()
         self.proc = subprocess.Popen(
             self.args,
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

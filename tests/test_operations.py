@@ -19,8 +19,13 @@ import pytest
 import websocket
 from conftest import ROOT, running_server
 from eir_like_client import EirLikeClient
-from server_process import ServerProcess, rss_kib
+from server_process import ServerProcess
 from websocket import ABNF
+
+# Process ids, CPU times and memory are read from /proc (Linux).
+reads_proc = pytest.mark.skipif(
+    not os.path.exists("/proc/self/stat"), reason="reads /proc, which only Linux has"
+)
 
 HANDSHAKE = json.dumps({"type": "handshake", "version": "1.0", "worker_id": 0})
 LOG_LINE = re.compile(
@@ -87,6 +92,7 @@ def stream_until_closed(url: str, started: threading.Event, out: dict) -> None:
         ws.shutdown()
 
 
+@reads_proc
 @pytest.mark.parametrize(
     "signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name
 )
@@ -198,6 +204,7 @@ def test_bad_command_line_values_are_rejected_with_a_message() -> None:
         assert "Traceback" not in result.stderr
 
 
+@reads_proc
 def test_startup_to_listening_is_fast() -> None:
     """Wall time depends on the machine's load; CPU time to listening does not."""
     walls, cpus = [], []
@@ -341,6 +348,8 @@ def test_warning_level_logs_nothing_for_a_normal_session() -> None:
         "99",
         "--log-level",
         "warning",
+        "--progress-interval",  # progress lines are INFO: none at this level
+        "0.1",
         wait_listening=False,
     )
     with server:
@@ -353,9 +362,7 @@ def test_warning_level_logs_nothing_for_a_normal_session() -> None:
                 assert time.monotonic() < deadline, server.log
                 time.sleep(0.05)
         eir_session(f"ws://127.0.0.1:{port}/ws")
-        rss = rss_kib(server.pid)
         assert server.stop() == 0
-    assert rss is not None
     assert server.lines == []
 
 
@@ -385,3 +392,34 @@ def test_non_websocket_traffic_is_turned_away_quietly() -> None:
         server.stop()
     assert not [line for line in server.lines if " ERROR " in line], server.log
     assert "Traceback" not in server.log
+
+
+PROGRESS = re.compile(
+    r"progress: ([\d,]+) samples served in this pass \(([\d.]+)% of 20,000, "
+    r"(?:[\d,]+ s left|time left unknown)\), ([\d,]+) in total; ([\d,]+) samples/s; "
+    r"1 connection streaming$"
+)
+
+
+def test_progress_lines_while_samples_flow_and_silence_when_idle() -> None:
+    with ServerProcess(
+        "--port", "0", "--workers", "0", "--max-iterations", "20000",
+        "--progress-interval", "0.4",
+    ) as server:  # fmt: skip
+        client = EirLikeClient(server.url, timeout=10)
+        client.validation_probe()
+        client.send({"type": "heartbeat"})
+        started = time.monotonic()
+        while time.monotonic() - started < 2.0:
+            assert client.fetch_batch(16) is not None
+        flowing = server.wait_for(PROGRESS, timeout=5)
+        time.sleep(1.2)  # the last interval with samples, then idle ones
+        before = len(server.lines)
+        time.sleep(1.6)  # four intervals without a sample served
+        idle_lines = server.lines[before:]
+        client.close()
+    served, percent, total, rate = PROGRESS.search(flowing).groups()
+    assert 0 < int(served.replace(",", "")) <= int(total.replace(",", ""))
+    assert 0 < float(percent) < 100
+    assert int(rate.replace(",", "")) > 0
+    assert not [line for line in idle_lines if "progress:" in line], idle_lines

@@ -120,6 +120,7 @@ def test_large_batches_are_made_in_workers_not_in_the_event_loop() -> None:
     assert status["samples_ahead"] <= 2 * status["read_ahead"] + 128
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
 def test_a_killed_worker_is_replaced_and_no_request_is_lost() -> None:
     with running_server(max_iterations=3000, workers=2) as server:
         producer = server.server.producer
