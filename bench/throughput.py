@@ -149,20 +149,23 @@ class Server:
 
 
 @contextmanager
-def running_server(workers: int, length: int, seed: int) -> Iterator[Server]:
+def running_server(
+    workers: int | None, length: int, seed: int, extra: Sequence[str] = ()
+) -> Iterator[Server]:
+    """Our server with --workers N (left out if None) and `extra` options."""
+    options = ["--sequence-length", str(length), "--seed", str(seed)]
+    if workers is not None:
+        options += ["--workers", str(workers)]
+    with running_process([sys.executable, str(SERVER), *options, *extra]) as server:
+        yield server
+
+
+@contextmanager
+def running_process(command: Sequence[str]) -> Iterator[Server]:
+    """command + ["--port", <a free port>], run from the repository root,
+    until it accepts TCP connections; stopped with SIGINT afterwards."""
     port = free_port()
-    command = [
-        sys.executable,
-        str(SERVER),
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--sequence-length",
-        str(length),
-        "--seed",
-        str(seed),
-    ]
+    command = [*command, "--port", str(port)]
     with tempfile.NamedTemporaryFile(prefix="throughput-server-", suffix=".log") as log:
         started = time.perf_counter()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
