@@ -67,6 +67,20 @@ class LocalDaskCluster:
         pids = self.client.run(os.getpid, on_error="ignore")
         return {address: pid for address, pid in pids.items() if isinstance(pid, int)}
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the worker processes and their nannies
+        so far: every live process in the workers' process group (Linux)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[2]) == self.workers.pid:  # pgrp: started in our session
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
     def wait_for_workers(self, count: int, timeout: float = 60) -> None:
         try:
             self.client.wait_for_workers(count, timeout=timeout)

@@ -349,8 +349,12 @@ def run_clients(
     server: Server,
     targets: Sequence[tuple[Callable[..., None], tuple[Any, ...]]],
     seconds: float,
+    workers_cpu: Callable[[], float] | None = None,
 ) -> Run:
-    """Start the client processes, release them together, collect reports."""
+    """Start the client processes, release them together, collect reports.
+
+    `workers_cpu()`: CPU seconds of the sample workers when they are not the
+    server's child processes (the workers of a Dask cluster)."""
     ctx = multiprocessing.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()
     procs = [
@@ -363,6 +367,8 @@ def run_clients(
     try:
         time.sleep(1.0)  # let every client connect, probe and warm up
         cpu_before = server.cpu_seconds()
+        if workers_cpu is not None:
+            cpu_before = (cpu_before[0], workers_cpu())
         wall = time.perf_counter()
         go.set()
         for _ in procs:
@@ -372,6 +378,8 @@ def run_clients(
             run.reports.append(report)
         run.wall = time.perf_counter() - wall
         cpu_after = server.cpu_seconds()
+        if workers_cpu is not None:
+            cpu_after = (cpu_after[0], workers_cpu())
         run.server_cpu = cpu_after[0] - cpu_before[0]
         run.workers_cpu = cpu_after[1] - cpu_before[1]
     finally:
