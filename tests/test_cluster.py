@@ -125,18 +125,21 @@ def test_cluster_serves_each_sample_once_with_the_local_bytes(
 def test_a_dask_worker_killed_mid_stream_costs_no_sample(
     cluster: LocalDaskCluster, tmp_path: Path
 ) -> None:
-    num = 800
+    num = 1200
     killed: dict[str, float | int] = {}
     log = tmp_path / "server.log"
     args = ["--source", HEAVY_SOURCE, "--max-iterations", str(num)]
     with streamer(log, *args, "--cluster", cluster.address) as server:
 
         def kill_one(batches: int) -> None:
-            if batches != 2:
+            """From the 2nd batch on, once: SIGKILL a worker process (not its
+            nanny) while the server has chunks at the cluster."""
+            if batches < 2 or killed:
                 return
-            pid = sorted(cluster.worker_pids().values())[0]
-            os.kill(pid, signal.SIGKILL)  # the worker process, not its nanny
-            killed.update(pid=pid, at=time.monotonic())
+            if server.status()["generation"]["chunks_in_flight"]:
+                pid = sorted(cluster.worker_pids().values())[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.update(pid=pid, at=time.monotonic())
 
         got = training_pass(server.url, batch_size=16, after_batch=kill_one)
         status = server.status()["generation"]
