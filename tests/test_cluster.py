@@ -147,6 +147,7 @@ def test_a_dask_worker_killed_mid_stream_costs_no_sample(
     assert killed, "the pass ended before the kill"
     assert alive, log.read_text()
     check_exactly_once(got, range(num))
+    assert "Traceback" not in log.read_text(), log.read_text()  # stopped cleanly
     restart = wait_until(
         lambda: len(cluster.client.scheduler_info()["workers"]) == 2,
         60,

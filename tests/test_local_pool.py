@@ -87,6 +87,7 @@ def test_a_worker_killed_mid_stream_costs_no_sample(tmp_path: Path) -> None:
     assert killed, "the pass ended before the kill"
     assert alive, log.read_text()
     check_exactly_once(got, range(num))
+    assert "Traceback" not in log.read_text(), log.read_text()  # stopped cleanly
     assert status["pool_restarts"] >= 1, status
     assert status["chunks_remade"] >= 1, status
     assert killed["pid"] not in status["worker_pids"], status
