@@ -93,15 +93,26 @@ def modules_on_workers(cluster: LocalDaskCluster) -> dict[str, list[str]]:
     return cluster.client.run(ours)
 
 
+def tasks_run(cluster: LocalDaskCluster) -> dict[str, int]:
+    """Worker address -> tasks it has executed so far."""
+
+    def executed(dask_worker) -> int:
+        return dask_worker.state.executed_count
+
+    return cluster.client.run(executed)
+
+
 def test_cluster_serves_each_sample_once_with_the_local_bytes(
     cluster: LocalDaskCluster, tmp_path: Path
 ) -> None:
     ids = [f"sample_{k}" for k in VALIDATION]
     args = ["--seed", "3", "--max-iterations", str(NUM_SAMPLES)]
+    before = tasks_run(cluster)
     with streamer(tmp_path / "dask.log", *args, "--cluster", cluster.address) as s:
         send_validation_ids(s.url, ids)
         on_dask = training_pass(s.url, batch_size=64)
         status = s.status()["generation"]
+    ran = {a: n - before.get(a, 0) for a, n in tasks_run(cluster).items()}
     with streamer(tmp_path / "local.log", *args, "--workers", "1") as s:
         send_validation_ids(s.url, ids)
         local = training_pass(s.url, batch_size=64)
@@ -112,9 +123,10 @@ def test_cluster_serves_each_sample_once_with_the_local_bytes(
     assert status["workers"] == 2, status
     assert status["samples_made"] >= len(EXPECTED), status
     assert status["samples_failed"] == 0, status
-    # The samples were made on the workers, from uploaded copies of our
+    # The samples were made on both workers, from uploaded copies of our
     # modules: the workers' folder does not hold them and ROOT is not on
     # their path.
+    assert len(ran) == 2 and all(n > 0 for n in ran.values()), ran
     for address, files in modules_on_workers(cluster).items():
         made_there = [f for f in files if f.endswith("data_simulator.py")]
         assert made_there, f"{address} never imported data_simulator: {files}"
@@ -203,9 +215,11 @@ def test_a_source_only_the_server_has_runs_on_the_workers(
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.address)
         args, cwd = ["--source", f"{stem}:make"], folder
     log = tmp_path / "server.log"
+    before = sum(tasks_run(cluster).values())
     with streamer(log, *args, "--max-iterations", str(num), cwd=cwd) as server:
         got = training_pass(server.url, batch_size=32)
         status = server.status()["generation"]
+    assert sum(tasks_run(cluster).values()) > before, "no task ran on the workers"
     check_exactly_once(got, range(num))
     assert status["engine"] == "dask", status
     spec = importlib.util.spec_from_file_location(stem, folder / f"{stem}.py")
