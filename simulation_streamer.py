@@ -24,39 +24,51 @@ import hmac
 import importlib.util
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import ssl
-import struct
-import subprocess
 import sys
+import tempfile
 import time
-from array import array
+import zipfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from http import HTTPStatus
-from itertools import (
-    accumulate,
-    chain,
-    compress,
-    count,
-    filterfalse,
-    groupby,
-    repeat,
+from concurrent.futures import (
+    BrokenExecutor,
+    Executor,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
 )
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
+from itertools import chain, count, repeat
+from typing import Any, cast
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
-from websockets.protocol import State
+from data_simulator import (
+    Chunk,
+    SampleSource,
+    SampleStream,
+    cached_source,
+    encode_chunk,
+    is_file_spec,
+    load_source,
+    make_chunk,
+)
 
-from data_simulator import SampleSource, SampleStream
+try:
+    from websockets.asyncio.server import Server, ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
+    from websockets.http11 import Request, Response
+    from websockets.protocol import State
+except ImportError:  # main() says what to install, in one line
+    websockets_missing = True
+else:
+    websockets_missing = False
 
 PROTOCOL_VERSION = "1.0"
-DEFAULT_SOURCE = "data_simulator:SimulatedHealthData"
 
 logger = logging.getLogger("simulation_streamer")
 
@@ -187,13 +199,17 @@ class Connection:
         dataset_info: dict[str, Any],
         max_batch_size: int = 10_000,
         server_status: Callable[[], dict[str, Any]] | None = None,
+        samples_broken: Callable[[], str | None] | None = None,
     ) -> None:
+        """`server_status` adds to `status` replies; `samples_broken` says why
+        no samples can be made (then `getData` gets that as an error)."""
         self.id = conn_id
         self.phase = AWAITING_HANDSHAKE
         self.stream = stream
         self.dataset_info = dataset_info
         self.max_batch_size = max_batch_size
         self.server_status = server_status
+        self.samples_broken = samples_broken
         self.heartbeat_pending = False
         self.samples_served = 0
         self.requests = 0
@@ -302,6 +318,9 @@ class Connection:
         return [Reply({"type": "info", "payload": self.dataset_info})]
 
     def _on_get_data(self, payload: dict[str, Any]) -> list[Output]:
+        broken = self.samples_broken() if self.samples_broken else None
+        if broken:  # checked before taking: the stream loses nothing
+            raise BadMessage(f"no samples can be made: {broken}")
         if "batch_size" not in payload:
             raise BadMessage(
                 "getData needs payload.batch_size (a positive integer), "
@@ -426,507 +445,345 @@ def payload_of(message: dict[str, Any]) -> dict[str, Any]:
 
 
 # =============================================================================
-# Samples: made from indices by the source, in worker processes, ahead of need.
+# Samples: stream indices -> `data` replies, made by an executor, ahead of need.
+#
+# A sample is a pure function of its index, so making samples is the one job
+# that can run anywhere: the stream (cursor, validation ids) stays in this
+# process, and only "make these indices" goes to a concurrent.futures
+# executor, a chunk of indices per task (data_simulator.make_chunk):
+#   --workers N  N local processes (ProcessPoolExecutor, spawned), N >= 1;
+#   --workers 0  one thread of the server process;
+#   --cluster A  a Dask cluster, through distributed's Client.get_executor().
 # =============================================================================
-def load_source(spec: str, settings: dict[str, Any]) -> SampleSource:
-    """Build a source from "module:factory" or "path/to/file.py:factory".
+SOURCE_HELPERS = ("single_sample_simulation", "data_simulator", "stream_encoders")
+CLUSTER_CONNECT_TIMEOUT = 10  # seconds to reach a Dask scheduler at start
 
-    A module is imported from sys.path, to which the current directory is
-    added (so `--source mydata:make` finds ./mydata.py wherever the server
-    script lives); a dotted module (`examples.multimodal.source`) is found
-    from the repository root. A file path is loaded directly, and its folder
-    is added to sys.path so it can import its neighbours. The factory may be
-    a dotted attribute (`module:Class.create`); it gets seed, sequence_length
-    and max_iterations as keyword arguments (take **kwargs to ignore some).
-    Every problem raises ValueError with a one-line message.
-    """
-    import inspect
 
-    try:  # checks the getInfo payload when stream_encoders.py is beside us
+def load_checked_source(spec: str, settings: dict[str, Any]) -> SampleSource:
+    """`load_source`, plus the full check of its `getInfo` payload when
+    stream_encoders.py is beside us (the server runs without it)."""
+    source = load_source(spec, settings)
+    try:
         from stream_encoders import check_dataset_info
-    except ImportError:  # copied without it: the server still runs
-
-        def check_dataset_info(info: Any) -> None:
-            if not isinstance(info, dict) or not isinstance(info.get("outputs"), dict):
-                raise ValueError(f"dataset info needs 'inputs' and 'outputs': {info!r}")
-
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise ValueError(
-            f"--source must be module:factory or path/to/file.py:factory, got {spec!r}"
-        )
-    module = _import_source_module(target, spec)
-    factory: Any = module
-    for part in attr.split("."):
-        if not hasattr(factory, part):
-            raise ValueError(f"--source {spec!r}: {target} has no attribute {attr!r}")
-        factory = getattr(factory, part)
-    if not callable(factory):
-        raise ValueError(
-            f"--source {spec!r}: {attr} is a {type(factory).__name__}, not a "
-            "callable factory"
-        )
-    try:
-        inspect.signature(factory).bind(**settings)
-    except TypeError as exc:
-        raise ValueError(
-            f"--source {spec!r}: {attr} must accept the keyword arguments "
-            f"{', '.join(settings)} (or **kwargs): {exc}"
-        ) from None
-    except ValueError:
-        pass  # no signature to inspect (a builtin); just call it
-    try:
-        source = factory(**settings)
-    except Exception as exc:
-        raise ValueError(
-            f"--source {spec!r}: {attr}(...) failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    problems = [
-        f"no {name}() method"
-        for name in ("dataset_info", "sample", "index_of")
-        if not callable(getattr(source, name, None))
-    ]
-    if not callable(getattr(source, "samples", len)):
-        problems.append("samples is not a method")
-    if not hasattr(source, "num_samples"):
-        problems.append("no num_samples attribute (an int, or None for unbounded)")
-    else:
-        bound = source.num_samples
-        if bound is not None and (
-            not isinstance(bound, int) or isinstance(bound, bool) or bound < 0
-        ):
-            problems.append(
-                f"num_samples is {bound!r} (need an int >= 0, or None for unbounded)"
-            )
-    if problems:
-        raise ValueError(
-            f"--source {spec!r}: the {type(source).__name__} it made does not fit "
-            f"SampleSource (data_simulator.py): {'; '.join(problems)}"
-        )
+    except ImportError:
+        return source
     try:
         check_dataset_info(source.dataset_info())
     except ValueError as exc:
         raise ValueError(f"--source {spec!r}: {exc}") from None
-    except Exception as exc:
-        raise ValueError(
-            f"--source {spec!r}: dataset_info() failed: {type(exc).__name__}: {exc}"
-        ) from exc
     return source
 
 
-def _import_source_module(target: str, spec: str) -> Any:
-    """The module named by the part of a --source spec before the colon."""
-    import hashlib
+def _frozen(settings: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(settings.items()))
 
-    if target.endswith(".py") or "/" in target or os.sep in target:
-        path = os.path.abspath(target)
-        if not os.path.isfile(path):
-            raise ValueError(f"--source {spec!r}: no such file {path}")
-        stem = os.path.splitext(os.path.basename(path))[0]
-        digest = hashlib.sha1(path.encode()).hexdigest()[:8]
-        name = f"_source_{''.join(c if c.isalnum() else '_' for c in stem)}_{digest}"
-        if name in sys.modules:
-            return sys.modules[name]
-        folder = os.path.dirname(path)
-        if folder not in sys.path:
-            sys.path.append(folder)
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"--source {spec!r}: cannot load {path} as Python")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
+
+def _start_local_worker(spec: str, settings: tuple[tuple[str, Any], ...]) -> None:
+    """Initializer of a local worker process: load the source once, and yield
+    the CPU to the server's event loop when both want it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's
+    if hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(5)
+    cached_source(spec, settings)
+
+
+class LocalEngine:
+    """Samples made on this machine: `workers` spawned processes (each loads
+    the source once), or, with workers == 0, one thread of the server process
+    (which uses the server's own source object)."""
+
+    def __init__(
+        self, source: SampleSource, spec: str, settings: dict[str, Any], workers: int
+    ) -> None:
+        self.kind = "processes" if workers else "thread"
+        self.workers = workers
+        self._init = (spec, _frozen(settings))
+        self.task: Callable[[list[int]], Chunk] = (
+            partial(make_chunk, *self._init)
+            if workers
+            else partial(encode_chunk, source)
+        )
+        self.executor = self._new_executor()
+
+    def _new_executor(self) -> Executor:
+        if not self.workers:
+            return ThreadPoolExecutor(1, thread_name_prefix="samples")
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),  # portable, no fork
+            initializer=_start_local_worker,
+            initargs=self._init,
+        )
+
+    def replace_executor(self) -> None:
+        """A fresh pool: a pool whose worker died is broken for good."""
+        self.close()
+        self.executor = self._new_executor()
+
+    def live_workers(self) -> int:
+        return self.workers or 1
+
+    def pids(self) -> list[int]:
+        # ProcessPoolExecutor has no public list of its processes; this one is
+        # only reported in `status` (and used by tests to kill a worker).
+        return list(getattr(self.executor, "_processes", None) or ())
+
+    def why_waiting(self) -> str:
+        if not self.workers:
+            return "the server's sample thread is busy"
+        return f"all {self.workers} local worker processes are busy"
+
+    def close(self) -> None:
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:  # they hold no state: no need to let them finish
+            with contextlib.suppress(Exception):
+                process.terminate()
+
+
+class DaskEngine:
+    """Samples made on a Dask cluster (`dask scheduler`, `dask worker ADDRESS`).
+
+    The workers get our modules and the source's own file (or package) from
+    the server, as worker plugins, so plain `dask worker` processes started
+    anywhere, and workers that join later, can make samples. What the source
+    imports beyond that must be installed where the workers run. A worker
+    that dies is handled by Dask itself: the scheduler runs its tasks again
+    on the others.
+    """
+
+    kind = "dask"
+
+    def __init__(self, address: str, spec: str, settings: dict[str, Any]) -> None:
         try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[name]
+            from distributed import Client
+            from distributed.diagnostics.plugin import UploadFile
+        except ImportError:
             raise ValueError(
-                f"--source {spec!r}: importing {path} failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        return module
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as exc:
-        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
-            raise ValueError(
-                f"--source {spec!r}: no module named {exc.name!r} (looked in the "
-                f"current directory {cwd} and on sys.path); run from the folder "
-                "that holds it, or give its file: path/to/file.py:factory"
+                "--cluster needs Dask's distributed package: "
+                "pip install -r requirements-cluster.txt"
             ) from None
-        raise ValueError(
-            f"--source {spec!r}: importing {target} failed: {exc}"
-        ) from exc
-    except Exception as exc:
-        raise ValueError(
-            f"--source {spec!r}: importing {target} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def encode_samples(source: SampleSource, indices: Sequence[int]) -> list[str]:
-    """Compact JSON text of each sample, ready to be joined into a `data` reply.
-
-    Uses the source's optional `samples_json(indices)` when it has one (the
-    simulated data writes its JSON directly), else `samples`, else `sample`.
-    """
-    fast = getattr(source, "samples_json", None)
-    if fast is not None:
-        return list(fast(indices))
-    many = getattr(source, "samples", None)
-    samples = many(indices) if many else [source.sample(i) for i in indices]
-    return [json.dumps(s, separators=(",", ":")) for s in samples]
-
-
-def encode_chunk(
-    source: SampleSource, indices: Sequence[int]
-) -> tuple[bytes, list[int]]:
-    """The samples' JSON joined by commas, as UTF-8, and where each one ends.
-
-    Sample k occupies payload[start:ends[k]], start being 0 for the first and
-    ends[k - 1] + 1 (after the comma) for the others, so any run of
-    consecutive samples is one slice of the payload.
-    """
-    texts = encode_samples(source, indices)
-    joined = ",".join(texts)
-    payload = joined.encode()
-    if len(payload) == len(joined):  # ASCII: character and byte offsets agree
-        lengths: Any = map(len, texts)
-    else:
-        lengths = (len(text.encode()) for text in texts)
-    ends = list(accumulate((n + 1 for n in lengths), initial=-1))[1:]
-    return payload, ends
-
-
-# Frames between the server and a sample worker (all integers little-endian):
-#   server -> worker: the init JSON as (u32 length, bytes), then requests
-#                     (u64 chunk id, u32 count) + count x i64 indices;
-#   worker -> server: (u64 chunk id, i32 count, i64 payload length) followed by
-#                     count x i64 sample ends and the payload; a count of -1
-#                     carries an error message as payload, -2 says "ready".
-_REQUEST = struct.Struct("<QI")
-_RESULT = struct.Struct("<Qiq")
-_ERROR, _READY = -1, -2
-_F_SETPIPE_SZ = 1031  # Linux fcntl: resize a pipe (fewer wakeups for big chunks)
-_WORKER_BOOT = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
-    "import simulation_streamer; simulation_streamer._worker_main()"
-)
-
-
-def _grow_pipe(fd: int) -> None:
-    with contextlib.suppress(ImportError, OSError):
-        import fcntl  # POSIX only; workers need POSIX anyway
-
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, 2**20)
-
-
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    """`size` bytes from a blocking fd; None at end of file."""
-    parts, missing = [], size
-    while missing:
-        part = os.read(fd, missing)
-        if not part:
-            return None
-        parts.append(part)
-        missing -= len(part)
-    return b"".join(parts)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _write_frame(
-    fd: int, chunk_id: int, count: int, ends: Sequence[int], payload: bytes
-) -> None:
-    """One worker -> server frame, written without joining it first."""
-    parts = [_RESULT.pack(chunk_id, count, len(payload)), array("q", ends), payload]
-    done = os.writev(fd, parts)
-    if done < _RESULT.size + 8 * len(ends) + len(payload):  # a signal came
-        _write_all(fd, b"".join(map(bytes, parts))[done:])
-
-
-def _worker_main() -> None:
-    """A sample worker: requests on stdin, results on stdout (see the frames).
-
-    Stray output of the source's code goes to stderr (the server's log), not
-    into the result pipe; Ctrl-C is left to the server, which closes our stdin
-    to stop us; the worker runs at a lower priority than the event loop.
-    """
-    requests, results = os.dup(0), os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _grow_pipe(results)
-    with contextlib.suppress(OSError):
-        os.nice(SampleProducer.WORKER_NICE)
-    head = _read_exactly(requests, 4)
-    if head is None:
-        return
-    try:
-        init = json.loads(_read_exactly(requests, struct.unpack("<I", head)[0]) or b"")
-        _worker_init(init["spec"], init["settings"], init["sys_path"], init["cwd"])
-    except Exception as exc:  # reported by the server, which then works without us
-        message = f"{type(exc).__name__}: {exc}".encode()
-        _write_frame(results, 0, _ERROR, (), message)
-        return
-    with contextlib.suppress(BrokenPipeError):  # raised when the server is gone
-        _write_frame(results, 0, _READY, (), b"")
-        _worker_serve(requests, results)
-
-
-def _worker_init(
-    spec: str, settings: dict[str, Any], sys_path: list[str], cwd: str
-) -> None:
-    global _worker_source
-    # Import the --source module the way the server did: same directory and
-    # sys.path (a relative path or a module in the current folder must work).
-    os.chdir(cwd)
-    sys.path[:] = sys_path
-    _worker_source = load_source(spec, settings)
-
-
-def _worker_serve(requests: int, results: int) -> None:
-    source = _worker_source
-    assert source is not None
-    while True:
-        head = _read_exactly(requests, _REQUEST.size)
-        if head is None:
-            return  # the server closed our stdin: done
-        chunk_id, count = _REQUEST.unpack(head)
-        indices = array("q")
-        indices.frombytes(_read_exactly(requests, 8 * count) or b"")
+        self.address = address
         try:
-            payload, ends = encode_chunk(source, indices.tolist())
+            self.client = Client(address, timeout=CLUSTER_CONNECT_TIMEOUT)
         except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}".encode()
-            _write_frame(results, chunk_id, _ERROR, (), message)
-        else:
-            _write_frame(results, chunk_id, len(ends), ends, payload)
+            raise ValueError(
+                f"--cluster {address!r}: no Dask scheduler answered there: {exc}"
+            ) from None
+        try:
+            files, worker_spec = files_for_workers(spec)
+            for path in files:  # named by file: a restarted server replaces them
+                self.client.register_plugin(
+                    UploadFile(path), name=f"eir-stream:{os.path.basename(path)}"
+                )
+        except Exception as exc:
+            self.client.close()
+            raise ValueError(
+                f"--cluster {address!r}: could not give the workers the source "
+                f"{spec!r}: {type(exc).__name__}: {exc}"
+            ) from None
+        self.task = partial(make_chunk, worker_spec, _frozen(settings))
+        self.executor: Executor = self.client.get_executor(pure=False)
+        self._asked, self._workers = -1.0, 0
+
+    def replace_executor(self) -> None:
+        """Nothing to do: a lost Dask worker's tasks are rerun by the scheduler."""
+
+    def live_workers(self) -> int:
+        """Workers connected to the scheduler (asked at most once a second:
+        it is a round trip to the scheduler)."""
+        now = time.monotonic()
+        if now - self._asked >= 1.0:
+            self._asked = now
+            with contextlib.suppress(Exception):
+                info = self.client.scheduler_info(n_workers=-1)
+                self._workers = sum(
+                    w.get("nthreads", 1) for w in info["workers"].values()
+                )
+        return self._workers
+
+    def pids(self) -> list[int]:
+        return []
+
+    def why_waiting(self) -> str:
+        workers = self.live_workers()
+        if not workers:
+            return f"no Dask worker is connected to {self.address} yet"
+        return f"all {workers} Dask workers of {self.address} are busy"
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False)
+        with contextlib.suppress(Exception):
+            self.client.close(timeout=2)
 
 
-_worker_source: SampleSource | None = None
+def files_for_workers(spec: str) -> tuple[list[str], str]:
+    """The files a remote worker needs to make samples of `spec`, and the spec
+    as the worker imports it (a file's module is named by its stem there).
+
+    Our own modules go along, and the source's module when it lives in the
+    current directory or beside this script; a package goes as a zip of its
+    .py files. Installed modules are expected to be installed on the workers.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = [
+        path
+        for name in SOURCE_HELPERS
+        if os.path.isfile(path := os.path.join(here, f"{name}.py"))
+    ]
+    target, _, attr = spec.rpartition(":")
+    if is_file_spec(target):
+        path = os.path.abspath(target)
+        files.append(path)
+        return files, f"{os.path.splitext(os.path.basename(path))[0]}:{attr}"
+    top = target.partition(".")[0]
+    if top in SOURCE_HELPERS:
+        return files, spec
+    found = importlib.util.find_spec(top)
+    locations = list(found.submodule_search_locations or []) if found else []
+    origin = found.origin if found and found.has_location else None
+    local = (os.getcwd(), here)
+    if locations and locations[0].startswith(local):
+        files.append(_zip_package(locations[0], top))
+    elif origin and origin.startswith(local):
+        files.append(origin)
+    return files, spec
 
 
-# A sample made or in the making is known by a code: its chunk's id << _SHIFT
-# | its position in the chunk. Plain ints keep the read-ahead (thousands of
-# entries) out of the garbage collector's way: tuples holding the chunk would
-# be tracked, and full collections over them stall the event loop.
-_SHIFT = 20
-_POSITION = (1 << _SHIFT) - 1
-_MISSING = -1
-_chunk_id_of = _SHIFT.__rrshift__  # code -> chunk id, in C
-_position_of = _POSITION.__and__  # code -> position, in C
-
-
-def _codes(chunk: _Chunk) -> range:
-    base = chunk.id << _SHIFT
-    return range(base, base + len(chunk.indices))
+def _zip_package(folder: str, name: str) -> str:
+    """A zip of the package's .py files, importable from sys.path as `name`."""
+    path = os.path.join(tempfile.mkdtemp(prefix="eir-stream-"), f"{name}.zip")
+    with zipfile.ZipFile(path, "w") as archive:
+        for root, dirs, names in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__pycache__"))]
+            for file in names:
+                if file.endswith(".py"):
+                    full = os.path.join(root, file)
+                    archive.write(
+                        full, os.path.join(name, os.path.relpath(full, folder))
+                    )
+    return path
 
 
 class _Chunk:
-    """Samples made together: by one worker request, or by the event loop."""
+    """Indices made in one task, and (when done) their samples by index."""
 
-    __slots__ = (
-        "attempts",
-        "ends",
-        "future",
-        "id",
-        "indices",
-        "payload",
-        "unclaimed",
-        "urgent",
-    )
+    __slots__ = ("attempts", "done", "indices", "samples")
 
-    def __init__(
-        self, chunk_id: int, indices: list[int], future: asyncio.Future[None]
-    ) -> None:
-        self.id = chunk_id
+    def __init__(self, indices: list[int]) -> None:
         self.indices = indices
-        self.future = future  # done when payload and ends are set (or failed)
-        self.payload: bytes | memoryview = b""
-        self.ends: Sequence[int] = ()
+        self.done: asyncio.Future[dict[int, bytes | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.attempts = 0
-        self.urgent = False  # a request waits for it: dispatch before prefetch
-        self.unclaimed = 0  # its samples in the read-ahead, not yet requested
-
-    def failed(self) -> bool:
-        return self.future.exception() is not None
-
-
-class _Worker:
-    """One worker process and the server's end of its two pipes."""
-
-    def __init__(self, slot: int, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdin is not None and proc.stdout is not None
-        self.slot = slot
-        self.proc = proc
-        self.requests = proc.stdin.fileno()
-        self.results = proc.stdout.fileno()
-        self.head = bytearray(_RESULT.size)  # the frame being read: header,
-        self.frame: bytearray | None = None  # then its body, once sized
-        self.frame_view = memoryview(b"")
-        self.frame_head: tuple[int, int, int] = (0, 0, 0)
-        self.filled = 0
-        self.ready = False
-        self.attached = False
-        self.inflight: dict[int, _Chunk] = {}
+        self.samples: dict[int, bytes | None] = {}
 
 
 class SampleProducer:
-    """The `data` replies for stream indices, made off the event loop.
+    """The `data` replies for stream indices, made by an engine's executor.
 
-    With workers (workers > 0), indices are made in chunks by that many
-    worker processes (plain subprocesses on pipes, read by the event loop
-    itself: no threads, no pickling). `prefetch` keeps the next
-    `read_ahead` indices of the stream made or in the making, so a request
-    usually finds its samples ready and only joins slices of bytes. Since a
-    sample is a function of its index alone, a prefetched sample stays valid
-    whatever happens to the stream: after a rewind it is served when its
-    index comes round again. The cache is bounded (oldest entries go first)
-    and grows the read-ahead to twice the largest batch asked for, up to
-    MAX_READ_AHEAD.
+    `prefetch` keeps the stream's next `read_ahead` indices made or in the
+    making, so a request usually finds its samples ready and only joins
+    bytes. A sample depends on its index alone, so a sample made ahead stays
+    right whatever the stream does: after a rewind it is served when its index
+    comes round again. At most `max_in_flight` tasks are at the executor at a
+    time (the rest wait here, a request's own chunks first), and the
+    read-ahead holds at most 2 x read_ahead + CHUNK samples (oldest go first).
 
-    Without workers (workers=0), or while none is running, samples are made
-    in the event loop, IN_LOOP_CHUNK at a time with a yield in between, so a
-    large batch does not freeze other peers for long.
-
-    A worker that dies is replaced (at most MAX_RESTARTS a minute per slot);
-    its unfinished chunks are retried once, then fail with an error.
+    Faults: a chunk whose task was lost (its worker died, the pool broke) is
+    made again, the same bytes since they depend on the index alone, up to
+    MAX_ATTEMPTS times; a broken local pool is replaced, up to MAX_RESTARTS a
+    minute. A sample whose source raised is left out of its reply, logged
+    once and counted; FAILURE_RUN failures in a row mean the source is broken,
+    and `broken` then says why (the server answers `getData` with it).
     """
 
-    IN_LOOP_CHUNK = 32
-    CHUNK = 128  # samples per worker request when reading ahead
-    MAX_INFLIGHT = 2  # requests queued at each worker
+    CHUNK = 128  # samples per task when reading ahead
     MAX_READ_AHEAD = 8192
+    MAX_ATTEMPTS = 3
     MAX_RESTARTS = 5
-    WORKER_NICE = 5
+    FAILURE_RUN = 64
+    WAIT_WARNING = 10.0  # seconds a request waits before the log says why
 
-    def __init__(
-        self,
-        source: SampleSource,
-        spec: str,
-        settings: dict[str, Any],
-        workers: int,
-        read_ahead: int = 1024,
-    ) -> None:
-        if workers and os.name != "posix":
-            logger.warning(
-                "--workers needs a POSIX system (Linux, macOS); making samples "
-                "in the server process"
-            )
-            workers = 0
-        self.source = source
-        self.workers = workers
+    def __init__(self, engine: LocalEngine | DaskEngine, read_ahead: int = 1024):
+        self.engine = engine
         self.read_ahead = read_ahead
-        self._init = json.dumps(
-            {
-                "spec": spec,
-                "settings": settings,
-                "sys_path": sys.path,
-                "cwd": os.getcwd(),
-            }
-        ).encode()
-        self._where: dict[int, int] = {}  # read-ahead: stream index -> code
-        self._chunks: dict[int, _Chunk] = {}  # id -> chunk, if in the read-ahead
-        self._chunk_samples = 0  # samples in those chunks (what they hold)
-        self._urgent: deque[_Chunk] = deque()
-        self._waiting: deque[_Chunk] = deque()
-        self._ids = count(1)
+        self.broken: str | None = None
+        self._ahead: dict[int, _Chunk] = {}  # read-ahead: index -> its chunk
+        self._queue: deque[_Chunk] = deque()  # chunks not yet at the executor
+        self._in_flight = 0
         self._missed = True
         self._closed = False
-        self._deaths: dict[int, list[float]] = {}
-        self._drain_task: asyncio.Task[None] | None = None
-        self.made_in_workers = 0
-        self.made_in_loop = 0
-        self.served_from_read_ahead = 0
-        self._workers: list[_Worker | None] = [
-            self._spawn(slot) for slot in range(workers)
-        ]
+        self._pool = 0  # generation of the local pool (bumped when replaced)
+        self._restarts: deque[float] = deque()
+        self._failure_run = 0
+        self._failed_logged: set[int] = set()
+        self._last_failure = ""
+        self.samples_made = self.samples_failed = 0
+        self.chunks_remade = self.pool_restarts = self.served_from_read_ahead = 0
 
-    # -- public --------------------------------------------------------------
-    def start(self, peek: Callable[[int], Sequence[int]] | None = None) -> None:
-        """In the running loop: listen to the workers and, given the stream's
-        `peek`, start making its first read-ahead."""
-        for worker in self._workers:
-            if worker is not None:
-                self._attach(worker)
-        if peek is not None:
-            self.prefetch(peek)
+    @property
+    def max_in_flight(self) -> int:
+        """Tasks at the executor at once: two per worker, one to run, one to
+        start right after it."""
+        return 2 * max(1, self.engine.live_workers())
 
-    async def message(self, indices: list[int]) -> bytes:
-        """The complete `data` reply for these indices, as UTF-8 JSON bytes."""
+    # -- requests ------------------------------------------------------------
+    async def message(self, indices: list[int]) -> tuple[bytes, int]:
+        """The `data` reply for these indices, as UTF-8 JSON, and how many
+        samples it holds (samples whose source raised are left out)."""
         if self._closed:
             raise RuntimeError("server shutting down")
         if len(indices) * 2 > self.read_ahead:
             self.read_ahead = min(self.MAX_READ_AHEAD, len(indices) * 2)
-        codes = list(map(self._where.pop, indices, repeat(_MISSING)))
-        held = self._claim(codes)
-        misses = codes.count(_MISSING)
-        self.served_from_read_ahead += len(codes) - misses
-        if misses:
+        pop = self._ahead.pop
+        chunks: list[_Chunk | None] = [pop(index, None) for index in indices]
+        missing = [at for at, chunk in enumerate(chunks) if chunk is None]
+        self.served_from_read_ahead += len(indices) - len(missing)
+        if missing:
             self._missed = True
-            codes = self._fill(indices, codes, held, self._new_chunks)
-        try:
-            await self._wait_for(held)
-        except RuntimeError:
-            # A chunk holds many samples, made together; one bad sample fails
-            # it. Remake this request's samples of failed chunks one by one,
-            # so that only a request holding a bad sample fails, naming it.
-            failed = {i for i, c in held.items() if c.future.done() and c.failed()}
-            codes = [_MISSING if c >> _SHIFT in failed else c for c in codes]
-            for chunk_id in failed:
-                del held[chunk_id]
-            codes = self._fill(indices, codes, held, self._single_chunks)
-            await self._wait_for(held)
-        return _data_message(codes, held)
+            made = self._urgent_chunks([indices[at] for at in missing])
+            owners = chain.from_iterable(repeat(c, len(c.indices)) for c in made)
+            for at, owner in zip(missing, owners, strict=True):
+                chunks[at] = owner
+        held = cast(list[_Chunk], chunks)
+        await self._wait_for(list({id(c): c for c in held}.values()))
+        samples = [c.samples[i] for i, c in zip(indices, held, strict=True)]
+        served = [sample for sample in samples if sample is not None]
+        if not served:
+            raise RuntimeError(
+                f"the source raised for all {len(indices)} samples of this batch "
+                f"(last: {self._last_failure}); see the server log"
+            )
+        return b'{"type":"data","payload":[' + b",".join(served) + b"]}", len(served)
 
-    def _claim(self, codes: list[int]) -> dict[int, _Chunk]:
-        """The read-ahead chunks of these codes (taken out of the read-ahead)."""
-        held: dict[int, _Chunk] = {}
-        chunks = self._chunks
-        for chunk_id, group in groupby(codes, key=_chunk_id_of):
-            if chunk_id < 0:  # _MISSING
-                continue
-            chunk = held[chunk_id] = chunks[chunk_id]
-            chunk.unclaimed -= len(list(group))
-            if not chunk.unclaimed:
-                del chunks[chunk_id]
-                self._chunk_samples -= len(chunk.indices)
-        return held
+    def _urgent_chunks(self, indices: list[int]) -> list[_Chunk]:
+        """Chunks for a request's missing indices, split so every worker takes
+        a share, at the front of the queue (ahead of the read-ahead)."""
+        workers = max(1, self.engine.live_workers())
+        size = min(self.CHUNK, max(8, -(-len(indices) // workers)))
+        made = [_Chunk(indices[at : at + size]) for at in range(0, len(indices), size)]
+        self._queue.extendleft(reversed(made))
+        self._pump()
+        return made
 
-    def _fill(
-        self,
-        indices: list[int],
-        codes: list[int],
-        held: dict[int, _Chunk],
-        chunker: Callable[[list[int]], list[_Chunk]],
-    ) -> list[int]:
-        """Codes with the missing ones made by new urgent chunks from `chunker`."""
-        missing = list(compress(indices, map(_MISSING.__eq__, codes)))
-        made = chunker(missing)
-        for chunk in made:
-            held[chunk.id] = chunk
-        new = chain.from_iterable(map(_codes, made))
-        if len(missing) == len(codes):
-            return list(new)
-        return [next(new) if c == _MISSING else c for c in codes]
-
-    async def _wait_for(self, held: dict[int, _Chunk]) -> None:
-        chunks = list(held.values())
+    async def _wait_for(self, chunks: list[_Chunk]) -> None:
+        pending = [c.done for c in chunks if not c.done.done()]
+        while pending:
+            _, still = await asyncio.wait(pending, timeout=self.WAIT_WARNING)
+            if still:
+                logger.warning(
+                    "a request has waited %.0f s for samples: %s (%d tasks queued "
+                    "here, %d at the executor)",
+                    self.WAIT_WARNING,
+                    self.engine.why_waiting(),
+                    len(self._queue),
+                    self._in_flight,
+                )
+            pending = list(still)
         for chunk in chunks:
-            if not chunk.future.done() and not chunk.urgent:
-                chunk.urgent = True
-                with contextlib.suppress(ValueError):
-                    self._waiting.remove(chunk)
-                    self._urgent.append(chunk)
-        self._dispatch()
-        for chunk in chunks:  # shielded: other requests may wait for it too
-            await asyncio.shield(chunk.future)  # raises if it could not be made
+            chunk.done.result()  # raises if the chunk could not be made
 
     def prefetch(self, peek: Callable[[int], Sequence[int]]) -> None:
         """Top up the read-ahead from `peek(n)`, the stream's next n indices.
@@ -934,369 +791,151 @@ class SampleProducer:
         Cheap when there is nothing to do: `peek` is called only when fewer
         than half the read-ahead is left or the last request missed.
         """
-        if self._closed or not any(self._workers):
-            return
-        where = self._where
-        if not self._missed and len(where) >= self.read_ahead // 2:
+        ahead = self._ahead
+        if self._closed or (not self._missed and len(ahead) >= self.read_ahead // 2):
             return
         self._missed = False
-        new = list(filterfalse(where.__contains__, peek(self.read_ahead)))
-        if new:
-            self._new_chunks(new, urgent=False)
-        # Bounded memory: a chunk is held while any of its samples may still
-        # be asked for; samples never asked for (made before a rewind, or
-        # validation ids set later) would pin theirs. Oldest chunks go first.
-        limit = 2 * self.read_ahead + self.CHUNK
-        chunks = self._chunks
-        while self._chunk_samples > limit:
-            chunk = next(iter(chunks.values()))
-            self._forget(chunk)
-            if not chunk.urgent:
-                with contextlib.suppress(ValueError):
-                    self._waiting.remove(chunk)  # never dispatched: skip it
-        self._dispatch()
+        new = [i for i in peek(self.read_ahead) if i not in ahead]
+        for start in range(0, len(new), self.CHUNK):
+            chunk = _Chunk(new[start : start + self.CHUNK])
+            ahead.update(dict.fromkeys(chunk.indices, chunk))
+            self._queue.append(chunk)
+        while len(ahead) > 2 * self.read_ahead + self.CHUNK:  # oldest first
+            del ahead[next(iter(ahead))]
+        self._pump()
 
+    # -- tasks ---------------------------------------------------------------
+    def _pump(self) -> None:
+        """Hand queued chunks to the executor, up to max_in_flight."""
+        queue = self._queue
+        while queue and self._in_flight < self.max_in_flight and not self._closed:
+            chunk = queue.popleft()
+            if self.broken:
+                self._fail(chunk, self.broken)
+                continue
+            if chunk.done.done():
+                continue
+            try:
+                task = self.engine.executor.submit(self.engine.task, chunk.indices)
+            except BrokenExecutor:  # found broken before a task told us
+                queue.appendleft(chunk)
+                self._replace_pool(self._pool, "the local worker pool broke")
+                continue
+            self._in_flight += 1
+            asyncio.wrap_future(task).add_done_callback(
+                partial(self._task_done, chunk, self._pool)
+            )
+
+    def _task_done(self, chunk: _Chunk, pool: int, task: asyncio.Future[Chunk]) -> None:
+        self._in_flight -= 1
+        if self._closed or task.cancelled():
+            return
+        problem = task.exception()
+        if problem is None:
+            self._finish(chunk, *task.result())
+        else:
+            chunk.attempts += 1
+            if isinstance(problem, BrokenExecutor):
+                self._replace_pool(pool, f"a local worker process died ({problem})")
+            if self.broken or chunk.attempts >= self.MAX_ATTEMPTS:
+                self._fail(chunk, self.broken or f"{type(problem).__name__}: {problem}")
+            else:
+                self.chunks_remade += 1
+                self._queue.appendleft(chunk)
+        self._pump()
+
+    def _replace_pool(self, pool: int, why: str) -> None:
+        """Once per broken pool: a new one, unless pools keep breaking."""
+        if pool != self._pool:
+            return  # the pool this task ran on has been replaced already
+        self._pool += 1
+        now = time.monotonic()
+        self._restarts.append(now)
+        while now - self._restarts[0] > 60:
+            self._restarts.popleft()
+        if len(self._restarts) > self.MAX_RESTARTS:
+            self.broken = (
+                f"sample workers keep dying ({len(self._restarts)} times in a "
+                f"minute; last: {why}); restart the server after fixing the cause"
+            )
+            logger.error("%s", self.broken)
+            return
+        self.pool_restarts += 1
+        logger.warning(
+            "%s; starting new worker processes and making its unfinished chunks again",
+            why,
+        )
+        self.engine.replace_executor()
+
+    def _finish(
+        self, chunk: _Chunk, samples: list[bytes | None], failures: dict[int, str]
+    ) -> None:
+        chunk.samples = dict(zip(chunk.indices, samples, strict=True))
+        self.samples_made += len(samples) - len(failures)
+        if failures:
+            self._record_failures(chunk, failures)
+        elif samples:
+            self._failure_run = 0
+        if not chunk.done.done():
+            chunk.done.set_result(chunk.samples)
+
+    def _record_failures(self, chunk: _Chunk, failures: dict[int, str]) -> None:
+        self.samples_failed += len(failures)
+        for index, text in failures.items():
+            self._last_failure = f"index {index}: {text}"
+            if index not in self._failed_logged and len(self._failed_logged) < 10_000:
+                self._failed_logged.add(index)
+                logger.error("the source raised for sample index %d: %s", index, text)
+        for sample in chunk.samples.values():  # in order: a run of failures
+            self._failure_run = self._failure_run + 1 if sample is None else 0
+        if self._failure_run >= self.FAILURE_RUN and self.broken is None:
+            self.broken = (
+                f"the source raised for each of the last {self._failure_run} "
+                f"samples (last: {self._last_failure}); it is not asked for "
+                "more: fix --source and restart the server"
+            )
+            logger.error("%s", self.broken)
+
+    def _fail(self, chunk: _Chunk, message: str) -> None:
+        for index in chunk.indices:
+            if self._ahead.get(index) is chunk:
+                del self._ahead[index]
+        if not chunk.done.done():
+            chunk.done.set_exception(RuntimeError(message))
+            chunk.done.add_done_callback(_consume_exception)
+
+    # -- reporting and shutdown -----------------------------------------------
     def status(self) -> dict[str, Any]:
         """Counters for the server's `status` reply."""
         return {
-            "workers_ready": sum(1 for w in self._workers if w is not None and w.ready),
+            "engine": self.engine.kind,
+            "workers": self.engine.live_workers(),
+            "chunks_in_flight": self._in_flight,
+            "chunks_queued": len(self._queue),
             "read_ahead": self.read_ahead,
-            "samples_ready_or_in_making": len(self._where),
-            "samples_held": self._chunk_samples,
-            "samples_made_in_workers": self.made_in_workers,
-            "samples_made_in_loop": self.made_in_loop,
+            "samples_ahead": len(self._ahead),
+            "samples_made": self.samples_made,
+            "samples_failed": self.samples_failed,
             "samples_served_from_read_ahead": self.served_from_read_ahead,
-            "worker_pids": [w.proc.pid for w in self._workers if w is not None],
+            "chunks_remade": self.chunks_remade,
+            "pool_restarts": self.pool_restarts,
+            "worker_pids": self.engine.pids(),
         }
 
     def close(self) -> None:
-        """Stop the workers: EOF on their stdin, then a kill after 0.2 s."""
+        """Stop making samples; requests still waiting get an error."""
         self._closed = True
-        self._where.clear()
-        self._chunks.clear()
-        self._chunk_samples = 0
-        unfinished = [*self._urgent, *self._waiting]
-        for worker in self._workers:
-            if worker is not None:
-                self._hang_up(worker)
-        deadline = time.monotonic() + 0.2  # they hold no state: no need to wait
-        for worker in self._workers:
-            if worker is None:
-                continue
-            try:
-                worker.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                worker.proc.kill()
-                worker.proc.wait()
-            unfinished += worker.inflight.values()
-        self._workers = [None] * len(self._workers)
-        for chunk in unfinished:
+        for chunk in [*self._queue, *self._ahead.values()]:
             self._fail(chunk, "server shutting down")
-        self._urgent.clear()
-        self._waiting.clear()
-        if self._drain_task is not None:
-            self._drain_task.cancel()
-
-    # -- chunks ----------------------------------------------------------------
-    def _single_chunks(self, indices: list[int]) -> list[_Chunk]:
-        return self._new_chunks(indices, urgent=True, size=1)
-
-    def _new_chunks(
-        self, indices: list[int], urgent: bool = True, size: int = 0
-    ) -> list[_Chunk]:
-        loop = asyncio.get_running_loop()
-        live = sum(1 for w in self._workers if w is not None)
-        if size < 1:
-            if not live:
-                size = self.IN_LOOP_CHUNK
-            elif urgent:  # split a request so that every worker takes a share
-                size = min(self.CHUNK, max(8, -(-len(indices) // live)))
-            else:
-                size = self.CHUNK
-        made = []
-        for start in range(0, len(indices), size):
-            chunk = _Chunk(
-                next(self._ids), indices[start : start + size], loop.create_future()
-            )
-            chunk.urgent = urgent
-            made.append(chunk)
-            if not urgent:
-                self._where.update(zip(chunk.indices, _codes(chunk), strict=True))
-                self._chunks[chunk.id] = chunk
-                chunk.unclaimed = len(chunk.indices)
-                self._chunk_samples += len(chunk.indices)
-        (self._urgent if urgent else self._waiting).extend(made)
-        return made
-
-    def _dispatch(self) -> None:
-        if self._closed:
-            return
-        live = [w for w in self._workers if w is not None]
-        if not live:
-            self._start_in_loop_drain()
-            return
-        for worker in live:
-            self._attach(worker)
-        ready = [w for w in live if w.ready]
-        while (self._urgent or self._waiting) and ready:
-            worker = min(ready, key=lambda w: len(w.inflight))
-            if len(worker.inflight) >= self.MAX_INFLIGHT:
-                return
-            chunk = (self._urgent or self._waiting).popleft()
-            if chunk.future.done():
-                continue
-            request = _REQUEST.pack(chunk.id, len(chunk.indices))
-            try:
-                _write_all(
-                    worker.requests, request + array("q", chunk.indices).tobytes()
-                )
-            except OSError:
-                (self._urgent if chunk.urgent else self._waiting).appendleft(chunk)
-                self._worker_lost(worker)
-                return
-            worker.inflight[chunk.id] = chunk
-
-    def _start_in_loop_drain(self) -> None:
-        if self._drain_task is None or self._drain_task.done():
-            self._drain_task = asyncio.get_running_loop().create_task(
-                self._drain_in_loop()
-            )
-
-    async def _drain_in_loop(self) -> None:
-        """Make the chunks that requests wait for in the event loop (no workers)."""
-        for chunk in list(self._chunks.values()):
-            if not chunk.future.done():  # prefetch needs workers; forget it
-                self._forget(chunk)
-        self._waiting.clear()
-        while self._urgent and not self._closed:
-            chunk = self._urgent.popleft()
-            if chunk.future.done():
-                continue
-            parts: list[bytes] = []
-            ends: list[int] = []
-            offset = 0
-            for start in range(0, len(chunk.indices), self.IN_LOOP_CHUNK):
-                if start:
-                    await asyncio.sleep(0)
-                try:
-                    payload, part_ends = encode_chunk(
-                        self.source, chunk.indices[start : start + self.IN_LOOP_CHUNK]
-                    )
-                except Exception as exc:
-                    logger.exception("could not make samples in the server process")
-                    self._fail(chunk, f"{type(exc).__name__}: {exc}")
-                    break
-                parts.append(payload)
-                ends += [offset + e for e in part_ends]
-                offset += len(payload) + 1
-            else:
-                self.made_in_loop += len(chunk.indices)
-                self._finish(chunk, b",".join(parts), ends)
-            await asyncio.sleep(0)
-
-    def _finish(
-        self, chunk: _Chunk, payload: bytes | memoryview, ends: Sequence[int]
-    ) -> None:
-        chunk.payload, chunk.ends = payload, ends
-        if not chunk.future.done():
-            chunk.future.set_result(None)
-
-    def _forget(self, chunk: _Chunk) -> None:
-        """Take the chunk's samples out of the read-ahead."""
-        if self._chunks.pop(chunk.id, None) is not None:
-            self._chunk_samples -= len(chunk.indices)
-            where = self._where
-            for index, code in zip(chunk.indices, _codes(chunk), strict=True):
-                if where.get(index) == code:
-                    del where[index]
-            chunk.unclaimed = 0
-
-    def _fail(self, chunk: _Chunk, message: str) -> None:
-        if len(chunk.indices) == 1:
-            message = f"sample index {chunk.indices[0]}: {message}"
-        self._forget(chunk)
-        if not chunk.future.done():
-            chunk.future.set_exception(RuntimeError(message))
-            chunk.future.add_done_callback(_consume_exception)
-
-    # -- worker processes ------------------------------------------------------
-    def _spawn(self, slot: int) -> _Worker | None:
-        try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _WORKER_BOOT,
-                    os.path.dirname(os.path.abspath(__file__)),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                bufsize=0,
-            )
-        except OSError as exc:
-            logger.error("cannot start sample worker %d: %s", slot, exc)
-            return None
-        worker = _Worker(slot, proc)
-        _grow_pipe(worker.requests)
-        with contextlib.suppress(OSError):  # if it died at once, its EOF says so
-            _write_all(worker.requests, struct.pack("<I", len(self._init)) + self._init)
-        return worker
-
-    def _attach(self, worker: _Worker) -> None:
-        if worker.attached:
-            return
-        os.set_blocking(worker.results, False)
-        asyncio.get_running_loop().add_reader(worker.results, self._on_readable, worker)
-        worker.attached = True
-
-    def _detach(self, worker: _Worker) -> None:
-        if worker.attached:
-            worker.attached = False
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(worker.results)
-
-    def _hang_up(self, worker: _Worker) -> None:
-        """Stop listening and close both pipes: EOF on the worker's stdin tells
-        it to exit, and a broken pipe stops it if it is still writing."""
-        self._detach(worker)
-        with contextlib.suppress(OSError):
-            worker.proc.stdin.close()  # type: ignore[union-attr]
-        with contextlib.suppress(OSError):
-            worker.proc.stdout.close()  # type: ignore[union-attr]
-
-    def _on_readable(self, worker: _Worker) -> None:
-        """Read what a worker wrote: a frame's fixed-size header, then its body
-        straight into a buffer of its size (no further copies)."""
-        for _ in range(64):  # then let the loop run; epoll calls again
-            if worker.frame is None:
-                target = memoryview(worker.head)[worker.filled :]
-            else:
-                target = worker.frame_view[worker.filled :]
-            try:
-                got = os.readv(worker.results, [target])
-            except BlockingIOError:
-                break
-            except OSError:
-                got = 0
-            if not got:
-                self._worker_lost(worker)
-                return
-            worker.filled += got
-            if worker.frame is None:
-                if worker.filled < _RESULT.size:
-                    continue
-                worker.frame_head = _RESULT.unpack(worker.head)
-                _, n, size = worker.frame_head
-                worker.frame = bytearray(8 * max(n, 0) + size)
-                worker.frame_view = memoryview(worker.frame)
-                worker.filled = 0
-            if worker.filled == len(worker.frame):
-                self._complete(worker, *worker.frame_head, worker.frame_view)
-                worker.frame, worker.filled = None, 0
-        self._dispatch()
-
-    def _complete(
-        self, worker: _Worker, chunk_id: int, n: int, size: int, frame: memoryview
-    ) -> None:
-        """One frame from a worker has arrived in full."""
-        if n == _READY:
-            worker.ready = True
-            logger.info("sample worker %d ready (pid %d)", worker.slot, worker.proc.pid)
-            return
-        chunk = worker.inflight.pop(chunk_id, None)
-        if n == _ERROR:
-            message = bytes(frame).decode(errors="replace")
-            if not worker.ready:
-                logger.error(
-                    "sample worker %d could not load the source: %s",
-                    worker.slot,
-                    message,
-                )
-            elif chunk is not None:
-                logger.error("sample worker %d: %s", worker.slot, message)
-                self._fail(chunk, message)
-        elif chunk is not None:
-            ends = array("q")
-            ends.frombytes(frame[: 8 * n])
-            self.made_in_workers += n
-            self._finish(chunk, frame[8 * n :], ends)
-
-    def _worker_lost(self, worker: _Worker) -> None:
-        if self._workers[worker.slot] is not worker:
-            return
-        self._hang_up(worker)
-        try:  # its output ended: it has exited or is about to
-            code: int | None = worker.proc.wait(0.2)
-        except subprocess.TimeoutExpired:
-            worker.proc.kill()
-            code = worker.proc.wait()
-        retry = []
-        for chunk in worker.inflight.values():
-            chunk.attempts += 1
-            if chunk.attempts > 1:
-                self._fail(chunk, f"sample worker {worker.slot} died twice making it")
-            else:
-                retry.append(chunk)
-        for chunk in reversed(retry):
-            (self._urgent if chunk.urgent else self._waiting).appendleft(chunk)
-        now = time.monotonic()
-        deaths = [t for t in self._deaths.get(worker.slot, []) if now - t < 60] + [now]
-        self._deaths[worker.slot] = deaths
-        if self._closed:
-            return
-        if not worker.ready:
-            logger.error(
-                "sample worker %d exited (code %s) before it was ready; "
-                "making samples in the server process",
-                worker.slot,
-                code,
-            )
-            self._workers[worker.slot] = None
-        elif len(deaths) > self.MAX_RESTARTS:
-            logger.error(
-                "sample worker %d died %d times in a minute (code %s); not restarted",
-                worker.slot,
-                len(deaths),
-                code,
-            )
-            self._workers[worker.slot] = None
-        else:
-            logger.warning(
-                "sample worker %d died (code %s); restarting it", worker.slot, code
-            )
-            self._workers[worker.slot] = self._spawn(worker.slot)
-        self._dispatch()
+        self._queue.clear()
+        self._ahead.clear()
+        self.engine.close()
 
 
-def _data_message(codes: Sequence[int], chunks: dict[int, _Chunk]) -> bytes:
-    """`{"type":"data","payload":[...]}` from the samples' codes, taking each
-    run of consecutive positions of one chunk as a single slice.
-
-    One join, so one allocation: fresh memory for a reply of megabytes costs
-    page faults, which are slow in a virtual machine.
-    """
-    parts: list[Any] = [b'{"type":"data","payload":[']
-    for chunk_id, group in groupby(codes, key=_chunk_id_of):
-        chunk = chunks[chunk_id]
-        positions = list(map(_position_of, group))
-        first, last = positions[0], positions[-1]
-        if last - first + 1 != len(positions):  # not one run: sample by sample
-            for position in positions:
-                parts += (_span(chunk, position, position), b",")
-        elif first == 0 and last == len(chunk.ends) - 1:
-            parts += (chunk.payload, b",")
-        else:
-            parts += (_span(chunk, first, last), b",")
-    if len(parts) > 1:
-        parts.pop()  # the last comma
-    parts.append(b"]}")
-    return b"".join(parts)
-
-
-def _span(chunk: _Chunk, first: int, last: int) -> memoryview:
-    """The payload bytes of the chunk's samples first..last."""
-    ends = chunk.ends
-    return memoryview(chunk.payload)[ends[first - 1] + 1 if first else 0 : ends[last]]
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    # A chunk made ahead may fail with nobody awaiting it; don't warn about that.
+    if not future.cancelled():
+        future.exception()
 
 
 FRAGMENT = 2**18  # larger data replies go out in frames of this size
@@ -1323,56 +962,65 @@ async def _fragments(view: memoryview) -> AsyncIterator[memoryview]:
         yield view[start : start + FRAGMENT]
 
 
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    # A prefetched chunk may fail with nobody awaiting it; don't warn about that.
-    if not future.cancelled():
-        future.exception()
-
-
 # =============================================================================
 # The asyncio layer: sockets, HTTP checks, logging, shutdown.
 # =============================================================================
 @dataclass
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    path: str = "/ws"
-    source: str = DEFAULT_SOURCE
-    max_iterations: int | None = None
-    sequence_length: int = 64
-    seed: int = 0
-    workers: int = 0
-    max_batch_size: int = 10_000
-    max_message_size: int = 16 * 2**20
-    token: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    ping_interval: float | None = None
-    handshake_timeout: float = 30.0
+    """What the server runs with: the parsed command line (see `parse_args`,
+    which owns every default)."""
+
+    host: str
+    port: int
+    path: str
+    source: str
+    max_iterations: int | None
+    sequence_length: int
+    seed: int
+    workers: int
+    cluster: str | None
+    max_batch_size: int
+    max_message_size: int
+    token: str | None
+    certfile: str | None
+    keyfile: str | None
+    ping_interval: float | None
+    handshake_timeout: float
+    progress_interval: float
+    log_level: str
+
+    def source_settings(self) -> dict[str, Any]:
+        """The keyword arguments a source factory gets."""
+        return {
+            "seed": self.seed,
+            "sequence_length": self.sequence_length,
+            "max_iterations": self.max_iterations,
+        }
 
 
 class StreamServer:
     """Serves one `SampleStream` to every WebSocket peer."""
 
     def __init__(self, settings: Settings) -> None:
+        """ValueError (one line) when the source or the cluster is unusable."""
         self.settings = settings
-        source_settings = {
-            "seed": settings.seed,
-            "sequence_length": settings.sequence_length,
-            "max_iterations": settings.max_iterations,
-        }
-        self.source = load_source(settings.source, source_settings)
+        spec, source_settings = settings.source, settings.source_settings()
+        self.source = load_checked_source(spec, source_settings)
         self.dataset_info = self.source.dataset_info()
         self.stream = SampleStream.for_source(self.source)
-        self.producer = SampleProducer(
-            self.source, settings.source, source_settings, settings.workers
-        )
+        engine: LocalEngine | DaskEngine
+        if settings.cluster:
+            engine = DaskEngine(settings.cluster, spec, source_settings)
+        else:
+            engine = LocalEngine(self.source, spec, source_settings, settings.workers)
+        self.producer = SampleProducer(engine)
         self.connections: dict[ServerConnection, Connection] = {}
         self.connections_total = 0
         self.started = time.monotonic()
         self._ids = count(1)
         self._server: Server | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._progress: asyncio.Task[None] | None = None
         self._redact: RedactFilter | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -1412,8 +1060,12 @@ class StreamServer:
             if self._redact is not None:
                 logging.getLogger("websockets.server").removeFilter(self._redact)
             raise
-        self.producer.start(self.stream.peek)
+        self.producer.prefetch(self.stream.peek)  # workers start on the first
         self._reaper = asyncio.create_task(self._reap_stuck_closes())
+        if self.settings.progress_interval > 0 and logger.isEnabledFor(logging.INFO):
+            self._progress = asyncio.create_task(
+                self._report_progress(self.settings.progress_interval)
+            )
 
     @property
     def port(self) -> int:
@@ -1435,8 +1087,9 @@ class StreamServer:
         if self._server is None:
             return
         self._server.close(close_connections=False)
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in (self._reaper, self._progress):
+            if task is not None:
+                task.cancel()
         peers = list(self.connections)
         if peers:
             closing = [
@@ -1517,9 +1170,22 @@ class StreamServer:
     def server_status(self) -> dict[str, Any]:
         return {
             "connections_total": self.connections_total,
-            "workers": self.settings.workers,
             "uptime_s": round(time.monotonic() - self.started, 1),
+            "generation": self.producer.status(),
         }
+
+    async def _report_progress(self, interval: float) -> None:
+        """One INFO line every `interval` seconds while samples flow."""
+        last_total, last_time = self.stream.status()["samples_served_total"], 0.0
+        last_time = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            status, now = self.stream.status(), time.monotonic()
+            total = status["samples_served_total"]
+            rate = (total - last_total) / max(now - last_time, 1e-9)
+            if total > last_total:
+                logger.info("%s", progress_line(status, rate))
+            last_total, last_time = total, now
 
     # -- one connection ------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -1529,6 +1195,7 @@ class StreamServer:
             self.dataset_info,
             self.settings.max_batch_size,
             self.server_status,
+            lambda: self.producer.broken,
         )
         self.connections[ws] = conn
         self.connections_total += 1
@@ -1584,12 +1251,11 @@ class StreamServer:
             await ws.send(json.dumps(out.message))
         elif isinstance(out, SendSamples):
             try:
-                message = await self.producer.message(out.indices)
+                message, _ = await self.producer.message(out.indices)
             except Exception as exc:
-                logger.exception("conn#%d: could not make samples", conn.id)
-                await ws.send(
-                    json.dumps(error(f"server failed to make samples: {exc}").message)
-                )
+                text = f"server failed to make samples: {exc}"
+                logger.error("conn#%d: %s", conn.id, text)
+                await ws.send(json.dumps(error(text).message))
                 return
             await ws.send(fragmented(message), text=True)  # UTF-8 bytes, text frames
             if logger.isEnabledFor(logging.DEBUG):
@@ -1643,121 +1309,139 @@ class RedactFilter(logging.Filter):
 # =============================================================================
 # Command line
 # =============================================================================
-def env_int(name: str, default: int | None) -> int | None:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit(f"error: {name} must be an integer, got {value!r}") from None
+def number_at_least(
+    minimum: float, kind: Callable[[str], Any] = int, above: bool = False
+) -> Callable[[str], Any]:
+    """An argparse type: an int (or float) no smaller than `minimum` (or, with
+    `above`, larger than it)."""
+    noun = "an integer" if kind is int else "a number"
+    bound = f"{'above' if above else 'at least'} {minimum:g}"
 
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer no smaller than `minimum`."""
-
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer, got {text!r}"
-            ) from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer of at least {minimum}, got {value}"
-            )
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value < minimum or (above and value == minimum) or value != value:
+            raise argparse.ArgumentTypeError(f"expected {noun} {bound}, got {text}")
         return value
 
     return parse
 
 
-positive_int, nonnegative_int = int_at_least(1), int_at_least(0)
+positive_int, nonnegative_int = number_at_least(1), number_at_least(0)
+positive_float = number_at_least(0, float, above=True)
+
+# Options whose default an environment variable may set. The value goes
+# through the option's own type check; an error names the variable.
+ENVIRONMENT = {
+    "max_iterations": "MAX_ITERATIONS",
+    "sequence_length": "SEQUENCE_LENGTH",
+    "token": "EIR_STREAM_TOKEN",
+    "cluster": "DASK_SCHEDULER_ADDRESS",
+}
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, str]:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every default of the server is here and only here."""
     parser = argparse.ArgumentParser(
         description="Stream simulated health data (or your own) to EIR's eirtrain "
         "over WebSocket.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to bind; 0.0.0.0 serves other machines",
-    )
-    parser.add_argument(
-        "--port", type=nonnegative_int, default=8000, help="TCP port (0: any free port)"
-    )
-    parser.add_argument(
-        "--path",
-        default="/ws",
-        help="WebSocket path (the path of the URL in the configs)",
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 serves others")
+    add("--port", type=nonnegative_int, default=8000, help="TCP port (0: any free)")
+    add("--path", default="/ws", help="WebSocket path (the URL's path in the configs)")
+    add(
         "--max-iterations",
         type=nonnegative_int,
-        default=env_int("MAX_ITERATIONS", None),
+        default=None,
         help="samples in one pass of the stream, then 'terminate' "
         "(env MAX_ITERATIONS; None: unbounded)",
     )
-    parser.add_argument(
+    add(
         "--sequence-length",
         type=positive_int,
-        default=env_int("SEQUENCE_LENGTH", 64),
+        default=64,
         help="HR readings per trace (env SEQUENCE_LENGTH)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="sample k is a function of (seed, k)"
-    )
-    parser.add_argument(
+    add("--seed", type=int, default=0, help="sample k is a function of (seed, k)")
+    add(
         "--source",
-        default=DEFAULT_SOURCE,
-        help="module:factory that builds the sample source",
+        default="data_simulator:SimulatedHealthData",
+        help="module:factory or path/to/file.py:factory that builds the samples",
     )
-    parser.add_argument(
+    add(
         "--workers",
         type=nonnegative_int,
-        default=os.cpu_count() or 1,
-        help="processes that generate samples (0: generate in the server process)",
+        default=None,
+        help="local processes that make samples (None: one per core; 0: a thread "
+        "of the server process)",
     )
-    parser.add_argument(
+    add(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="make samples on this Dask scheduler's workers, e.g. "
+        "tcp://host:8786 (env DASK_SCHEDULER_ADDRESS; needs distributed)",
+    )
+    add(
         "--max-batch-size",
         type=positive_int,
         default=10_000,
         help="larger getData requests are served this many",
     )
-    parser.add_argument(
+    add(
         "--max-message-size",
         type=positive_int,
         default=16 * 2**20,
-        help="largest incoming message in bytes; a larger one closes the "
-        "connection with 1009",
+        help="largest incoming message in bytes; a larger one closes with 1009",
     )
-    parser.add_argument(
+    add(
         "--token",
-        default=os.environ.get("EIR_STREAM_TOKEN") or None,
+        default=None,
         help="require ?token=TOKEN in the URL (env EIR_STREAM_TOKEN)",
     )
-    parser.add_argument("--certfile", help="TLS certificate (PEM): serve wss://")
-    parser.add_argument("--keyfile", help="TLS private key (PEM) for --certfile")
-    parser.add_argument(
+    add("--certfile", help="TLS certificate (PEM): serve wss://")
+    add("--keyfile", help="TLS private key (PEM) for --certfile")
+    add(
         "--ping-interval",
-        type=float,
+        type=positive_float,
         default=None,
         help="send keepalive pings this often, in seconds (None: off, since EIR "
         "answers pings only when it reads)",
     )
-    parser.add_argument(
+    add(
         "--handshake-timeout",
-        type=float,
+        type=positive_float,
         default=30.0,
         help="close (1008) a connection that sends no handshake within this many "
         "seconds",
     )
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    add(
+        "--progress-interval",
+        type=number_at_least(0, float),
+        default=30.0,
+        help="seconds between progress lines in the log while samples flow (0: none)",
     )
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Settings:
+    """Settings from the command line, with defaults from ENVIRONMENT."""
+    parser = build_parser()
+    actions = {action.dest: action for action in parser._actions}
+    for dest, name in ENVIRONMENT.items():
+        value = os.environ.get(name, "").strip()
+        if not value:
+            continue
+        convert = actions[dest].type or str
+        try:
+            parser.set_defaults(**{dest: convert(value)})  # type: ignore[operator]
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"environment variable {name}={value!r}: {exc}")
     args = parser.parse_args(argv)
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
@@ -1765,24 +1449,31 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Settings, str]:
         parser.error(f"--path must start with '/', got {args.path!r}")
     if args.token is not None and not args.token.strip():
         parser.error("--token must not be empty (leave it out to run without one)")
-    settings = Settings(
-        host=args.host,
-        port=args.port,
-        path=args.path,
-        source=args.source,
-        max_iterations=args.max_iterations,
-        sequence_length=args.sequence_length,
-        seed=args.seed,
-        workers=args.workers,
-        max_batch_size=args.max_batch_size,
-        max_message_size=args.max_message_size,
-        token=args.token,
-        certfile=args.certfile,
-        keyfile=args.keyfile,
-        ping_interval=args.ping_interval,
-        handshake_timeout=args.handshake_timeout,
+    if args.cluster is not None and args.workers is not None:
+        parser.error(
+            f"--workers {args.workers} and --cluster {args.cluster!r}: samples are "
+            "made either by local processes or by the cluster; give one"
+        )
+    if args.workers is None:
+        args.workers = os.cpu_count() or 1
+    return Settings(**vars(args))
+
+
+def progress_line(status: dict[str, Any], rate: float) -> str:
+    """The periodic progress line, from the stream's status and a rate."""
+    served, total = status["samples_served_in_pass"], status["samples_served_total"]
+    text = f"progress: {served:,} samples served in this pass"
+    remaining = status["remaining_iterations"]
+    if remaining is not None:
+        whole = served + remaining
+        percent = 100 * served / whole if whole else 100.0
+        left = f"{remaining / rate:,.0f} s left" if rate > 0 else "time left unknown"
+        text += f" ({percent:.1f}% of {whole:,}, {left})"
+    streaming = status["connections_in_pass"]
+    return (
+        f"{text}, {total:,} in total; {rate:,.0f} samples/s; "
+        f"{streaming} connection{'' if streaming == 1 else 's'} streaming"
     )
-    return settings, args.log_level
 
 
 async def run(
@@ -1822,21 +1513,21 @@ async def run(
     bound = settings.max_iterations
     logger.info(
         "listening; put this in input_source/output_source: %s "
-        "(%s, sequence length %d, seed %d, workers %d)",
+        "(%s, sequence length %d, seed %d; samples made by %s)",
         server.url,
         "unbounded stream" if bound is None else f"{bound} samples per pass",
         settings.sequence_length,
         settings.seed,
-        settings.workers,
+        f"the Dask cluster at {settings.cluster}"
+        if settings.cluster
+        else f"{settings.workers} local processes"
+        if settings.workers
+        else "a thread of the server process",
     )
     if ready is not None:
         ready(server)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # Left installed until the process exits: a second Ctrl-C during
-        # shutdown must not turn into a KeyboardInterrupt traceback.
-        loop.add_signal_handler(signum, stop.set)
+    stop_on_signals(stop)
     await stop.wait()
     open_now = len(server.connections)
     await server.stop()
@@ -1849,14 +1540,40 @@ async def run(
     return 0
 
 
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Set `stop` on SIGINT/SIGTERM (Ctrl-C). Left installed until the process
+    exits: a second Ctrl-C during shutdown must not become a traceback."""
+    loop = asyncio.get_running_loop()
+    for name in ("SIGINT", "SIGTERM"):
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):
+            # Windows' event loops have no add_signal_handler: a plain handler
+            # runs in the main thread and hands the event to the loop.
+            signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    settings, log_level = parse_args(argv)
+    if websockets_missing:
+        print(
+            "error: the server needs the websockets package: "
+            "pip install -r requirements.txt (or pip install 'websockets>=14')",
+            file=sys.stderr,
+        )
+        return 2
+    settings = parse_args(argv)
     logging.basicConfig(
-        level=log_level.upper(),
+        level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if log_level != "debug":
+    if settings.log_level != "debug":
         logging.getLogger("websockets").setLevel(logging.WARNING)
+    for quiet in ("distributed", "tornado"):  # the Dask client's own chatter
+        if not logging.getLogger(quiet).isEnabledFor(logging.DEBUG):
+            logging.getLogger(quiet).setLevel(logging.WARNING)
     return asyncio.run(run(settings))
 
 

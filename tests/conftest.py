@@ -13,9 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from simulation_streamer import Settings, StreamServer  # noqa: E402
+from simulation_streamer import Settings, StreamServer, parse_args  # noqa: E402
 
 
 class ServerThread:
@@ -62,7 +61,7 @@ class ServerThread:
 @contextlib.contextmanager
 def running_server(**overrides) -> Iterator[ServerThread]:
     """A server on 127.0.0.1:<free port>; in-loop generation unless workers given."""
-    settings = replace(Settings(port=0, workers=0), **overrides)
+    settings = replace(parse_args(["--port", "0", "--workers", "0"]), **overrides)
     server = ServerThread(settings)
     try:
         yield server
@@ -91,7 +90,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
     if find_eirtrain() is None:
         pytest.fail(
-            "EIR_REQUIRE_CLIENT=1 but eirtrain is not installed: run "
-            "../shared/tools/eir-client-setup.sh or set EIR_ENV_DIR",
+            "EIR_REQUIRE_CLIENT=1 but eirtrain is not installed: install eir-dl "
+            "in a virtual environment and set EIR_ENV_DIR to it (README.md, "
+            "'Tests against the real client')",
             pytrace=False,
         )

@@ -1,6 +1,6 @@
 """A client that talks like EIR's (websocket-client, same messages, same order).
 
-It mirrors what PROTOCOL.md describes of eir-dl 0.25.0: handshake on connect,
+It does what docs/protocol.md describes of eir-dl 0.25.0: handshake on connect,
 the validation probe at the start of setup and training connections, the
 unread heartbeat, and the training loop that sends heartbeat + getData back to
 back and reads one message, skipping heartbeat and error replies.
@@ -37,6 +37,17 @@ class EirLikeClient:
 
     def close(self) -> None:
         self.ws.close()
+
+    def count_queued(self, wait: float = 0.5) -> dict[str, int]:
+        """Read whatever is still queued for this client, until `wait` seconds
+        pass without a message; the counts by message type."""
+        counts: dict[str, int] = {}
+        while True:
+            try:
+                message = self.recv(timeout=wait)
+            except websocket.WebSocketTimeoutException:
+                return counts
+            counts[message["type"]] = counts.get(message["type"], 0) + 1
 
     # -- EIR's sequences ---------------------------------------------------
     def validation_probe(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 import websocket
 from conftest import running_server
 from eir_like_client import EirLikeClient
-from long_run import ServerProcess
+from server_process import ServerProcess
 
 import simulation_streamer
 

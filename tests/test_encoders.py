@@ -637,7 +637,7 @@ def eir_python() -> Path:
             pytest.fail(f"EIR_REQUIRE_CLIENT=1 but {EIR_PYTHON} does not exist")
         pytest.skip(
             f"EIR's client is not installed at {EIR_PYTHON} "
-            "(set EIR_ENV_DIR; see eir-client-setup.sh)"
+            "(set EIR_ENV_DIR: README.md, 'Tests against the real client')"
         )
     return EIR_PYTHON
 

@@ -1,8 +1,8 @@
 """A whole EIR run, message for message, against a real server on loopback.
 
-"The order of a real run" of PROTOCOL.md, replayed with `EirLikeClient`
-(websocket-client, as EIR uses): five setup connections, then a training
-connection, on a bounded stream. Run once with samples made in the server
+"What happens in a run, in order" (docs/protocol.md), replayed with
+`EirLikeClient` (websocket-client, as EIR uses): five setup connections, then
+a training connection, on a bounded stream. Run once with samples made in the server
 process and once with worker processes, which must not change a byte.
 """
 
@@ -40,7 +40,9 @@ def assert_probe(probe: dict[str, Any], first_id: str, info: dict[str, Any]) -> 
     assert probe["info"] == {"type": "info", "payload": info}
     (sample,) = probe["data"]["payload"]
     assert sample["sample_id"] == first_id
-    assert probe["reset_seconds"] < 1.0, probe["reset_seconds"]
+    # The probe reads each reset reply with a 5 s timeout; answering both at
+    # once keeps the pair well inside it even on a loaded machine.
+    assert probe["reset_seconds"] < 5.0, probe["reset_seconds"]
     for reply in probe["reset_replies"]:
         assert isinstance(reply["payload"]["message"], str)
 
@@ -56,7 +58,9 @@ def replay_a_real_run(server: ServerThread, workers: int) -> None:
     assert status["current_position"] == 0
     assert status["max_iterations"] == NUM_SAMPLES
     assert status["remaining_iterations"] == NUM_SAMPLES
-    assert status["workers"] == workers  # samples made where this test says
+    generation = status["generation"]  # samples made where this test says
+    assert generation["engine"] == ("processes" if workers else "thread")
+    assert generation["workers"] == (workers or 1)
     client.close()
 
     # 1b. connection 2: the probe, getInfo, getData until the setup samples.

@@ -15,7 +15,7 @@ from simulation_streamer import parse_args
 
 
 def test_cli_default_has_no_keepalive_pings():
-    settings, _ = parse_args([])
+    settings = parse_args([])
     assert settings.ping_interval is None
 
 

@@ -20,7 +20,7 @@ from conftest import ServerThread, running_server
 from eir_like_client import EirLikeClient
 
 from data_simulator import SimulatedHealthData
-from simulation_streamer import Settings
+from simulation_streamer import parse_args
 
 STREAM = 3000
 CLIENTS = 8
@@ -305,7 +305,7 @@ def test_half_a_million_validation_ids_in_one_message() -> None:
     message = json.dumps(
         {"type": "setValidationIds", "payload": {"validation_ids": validation}}
     )
-    assert len(message.encode()) < Settings().max_message_size  # the default 16 MiB
+    assert len(message.encode()) < parse_args([]).max_message_size  # the default 16 MiB
     with running_server() as server:  # unbounded: every one of them is produced
         client = EirLikeClient(server.url)
         client.ws.send(message)

@@ -242,7 +242,8 @@ def eirtrain_support():
         where = eirtrain_support.EIR_ENV_DIR / "bin" / "eirtrain"
         pytest.skip(
             f"eirtrain not installed: no {where} and none on PATH (set EIR_ENV_DIR "
-            "or build it with eir-client-setup.sh)"
+            "to an environment with eir-dl: README.md, 'Tests against the real "
+            "client')"
         )
     return eirtrain_support
 

@@ -1,7 +1,7 @@
 """Running the server as an operator does: signals, ports, health, paths, logs.
 
-Most tests start `simulation_streamer.py` as a subprocess (bench/long_run.py's
-ServerProcess) and read the URL from its "listening" log line.
+Most tests start `simulation_streamer.py` as a subprocess (`ServerProcess` of
+tests/server_process.py) and read the URL from its "listening" log line.
 """
 
 import http.client
@@ -19,7 +19,7 @@ import pytest
 import websocket
 from conftest import ROOT, running_server
 from eir_like_client import EirLikeClient
-from long_run import ServerProcess, rss_kib
+from server_process import ServerProcess, rss_kib
 from websocket import ABNF
 
 HANDSHAKE = json.dumps({"type": "handshake", "version": "1.0", "worker_id": 0})
@@ -90,7 +90,7 @@ def stream_until_closed(url: str, started: threading.Event, out: dict) -> None:
 @pytest.mark.parametrize(
     "signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name
 )
-def test_signal_closes_every_connection_with_1001_and_exits_0_quickly(
+def test_signal_closes_every_connection_with_1001_and_exits_0_promptly(
     signum: signal.Signals,
 ) -> None:
     with ServerProcess("--port", "0", "--workers", "1") as server:
@@ -121,11 +121,15 @@ def test_signal_closes_every_connection_with_1001_and_exits_0_quickly(
         if signum == signal.SIGINT:  # an impatient second Ctrl-C changes nothing
             time.sleep(0.05)
             server.proc.send_signal(signum)
-        status = server.wait(5)
+        status = server.wait(30)
         took = time.monotonic() - sent
         print(f"{signum.name}: exit {status} after {took:.2f} s")
         assert status == 0
-        assert took < 2.0
+        # The deaf peer gets 1 s to answer the close (about 1.3 s in all on an
+        # idle machine). The bound leaves room for a loaded one and still
+        # catches a server that waits for it as long as the websockets
+        # library would by default (10 s) or forever.
+        assert took < 8.0
 
         assert read_close(idle.ws) == (1001, "server shutting down")
         streamer.join(10)
@@ -208,8 +212,10 @@ def test_startup_to_listening_is_fast() -> None:
         f"start to listening: wall {min(walls):.3f} s (best of 3; all {walls}), "
         f"CPU {min(cpus):.2f} s"
     )
-    assert min(cpus) < 0.5
-    assert min(walls) < 5  # only a sanity bound: the wall time depends on load
+    # About 0.2 s on an idle machine; a loaded one adds cache misses, not
+    # work. bench/throughput.py measures the wall time against its target.
+    assert min(cpus) < 1.0
+    assert min(walls) < 10  # only a sanity bound: the wall time depends on load
 
 
 def test_healthz_answers_json_without_upgrading() -> None:

@@ -23,7 +23,7 @@ from simulation_streamer import (
     SendSamples,
 )
 
-# PROTOCOL.md, "Messages": what the client sends, one example each.
+# docs/protocol.md, "Requests and our answers": what the client sends, one each.
 CLIENT_MESSAGES: dict[str, dict[str, Any]] = {
     "handshake": {"type": "handshake", "version": "1.0", "worker_id": 0},
     "getInfo": {"type": "getInfo"},
@@ -36,7 +36,7 @@ CLIENT_MESSAGES: dict[str, dict[str, Any]] = {
         "payload": {"validation_ids": ["sample_1", "sample_5"]},
     },
 }
-# PROTOCOL.md: reply types the client knows (plus the `reset` notice).
+# docs/protocol.md: the reply types the client knows (plus the `reset` notice).
 REPLY_TYPES = {
     "info",
     "data",

@@ -1,13 +1,18 @@
 """The sample source (`SimulatedHealthData`) and one connection on the stream.
 
-The source must hand EIR samples in exactly the shape of PROTOCOL.md's
-"Sample format"; the stream is exercised here from a single connection
+The source must hand EIR samples in exactly the shape docs/protocol.md gives
+under "Samples"; the stream is exercised here from a single connection
 (several connections at once are the subject of the concurrency tests).
 """
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+from conftest import ROOT
 
 from data_simulator import SampleSource, SampleStream, SimulatedHealthData, sample_id
 
@@ -122,6 +127,40 @@ def test_sequence_length_is_honoured(length: int) -> None:
             sample["target_labels"]["text_output"]["text_output"]
             == (sample["inputs"]["text_output"])
         )
+
+
+def test_samples_json_is_the_compact_json_of_each_sample() -> None:
+    source = SimulatedHealthData(seed=7, sequence_length=64)
+    indices = [*range(50), 10**9]
+    assert source.samples_json(indices) == [
+        json.dumps(sample, separators=(",", ":")) for sample in source.samples(indices)
+    ]
+
+
+def test_samples_do_not_depend_on_the_process_or_hash_seed() -> None:
+    code = (
+        "import hashlib, sys; sys.path.insert(0, sys.argv[1]); "
+        "from data_simulator import SimulatedHealthData as S; "
+        "t = ''.join(S(seed=3, sequence_length=100).samples_json(range(200))); "
+        "print(hashlib.sha256(t.encode()).hexdigest())"
+    )
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        digests.add(
+            subprocess.run(
+                [sys.executable, "-c", code, str(ROOT)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            ).stdout.strip()
+        )
+    here = "".join(
+        SimulatedHealthData(seed=3, sequence_length=100).samples_json(range(200))
+    )
+    assert digests == {hashlib.sha256(here.encode()).hexdigest()}
 
 
 @pytest.mark.parametrize(

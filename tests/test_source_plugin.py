@@ -21,7 +21,7 @@ from conftest import ROOT, running_server
 from eir_like_client import EirLikeClient
 
 import stream_encoders as enc
-from simulation_streamer import load_source
+from simulation_streamer import load_checked_source as load_source
 
 SETTINGS = {"seed": 3, "sequence_length": 64, "max_iterations": 30}
 

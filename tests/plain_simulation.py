@@ -1,9 +1,9 @@
-"""The simulation model written the straightforward way, with `randint`.
+"""The simulation model written the most obvious way, one `randint` per draw.
 
-This is the reference point for the benchmark (its rate is what the tutorial's
-server can deliver at best) and for the distribution tests, which check that
-the fast generator in single_sample_simulation.py draws from the same model.
-It follows SIMULATION.md line by line and is deliberately not optimised.
+A second, independent reading of docs/data-model.md: the distribution tests
+check that single_sample_simulation.py draws from the same model, field by
+field, and bench/throughput.py times it as the rate that bounds the
+tutorial's server, whose generator is written this way.
 """
 
 import random

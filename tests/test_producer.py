@@ -1,0 +1,236 @@
+"""The sample producer changes speed, never content.
+
+A sample's bytes do not depend on the number of worker processes or on batch
+sizes; samples made ahead of a reset are still right after the rewind;
+generation happens in the workers, not the event loop; a killed worker is
+replaced without losing a request; a sample the source cannot make is left
+out of its batch and the rest is served. (The generator itself is tested in
+test_generator.py, the determinism of the source in test_simulator.py.)
+"""
+
+import asyncio
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+import websocket
+from conftest import running_server
+
+from data_simulator import SampleStream, SimulatedHealthData
+from simulation_streamer import LocalEngine, SampleProducer
+
+
+# -- the server: bytes per sample id ---------------------------------------------------
+def sample_texts(message: str) -> dict[str, str]:
+    """The raw JSON text of each sample of a `data` message, by sample id."""
+    head = '{"type":"data","payload":['
+    assert message.startswith(head) and message.endswith("]}"), message[:80]
+    decoder = json.JSONDecoder()
+    body = message[len(head) : -2]
+    out, position = {}, 0
+    while position < len(body):
+        sample, end = decoder.raw_decode(body, position)
+        out[sample["sample_id"]] = body[position:end]
+        position = end + 1  # the comma
+    return out
+
+
+def stream_raw(url: str, batch_sizes: Iterable[int], probe: bool = True) -> dict:
+    """EIR's training fetches (heartbeat + getData, one read) with the given
+    batch sizes in turn until terminate; raw sample texts by id."""
+    ws = websocket.create_connection(url, skip_utf8_validation=True, timeout=30)
+    try:
+        ws.send('{"type":"handshake","version":"1.0","worker_id":0}')
+        assert json.loads(ws.recv())["type"] == "handshake"
+        if probe:
+            ws.send('{"type":"reset"}')
+            assert {json.loads(ws.recv())["type"] for _ in range(2)} == {
+                "resetConfirmation",
+                "reset",
+            }
+        texts: dict[str, str] = {}
+        sizes = list(batch_sizes)
+        for fetch in range(100_000):
+            size = sizes[fetch % len(sizes)]
+            ws.send('{"type":"heartbeat"}')
+            ws.send(json.dumps({"type": "getData", "payload": {"batch_size": size}}))
+            message = ws.recv()
+            while len(message) < 100 and json.loads(message)["type"] == "heartbeat":
+                message = ws.recv()
+            if len(message) < 100 and json.loads(message)["payload"] == ["terminate"]:
+                return texts
+            batch = sample_texts(message)
+            assert len(batch) <= size
+            assert not set(batch) & set(texts), "a sample was served twice"
+            texts.update(batch)
+        raise AssertionError("no terminate")
+    finally:
+        ws.close()
+
+
+def test_sample_bytes_do_not_depend_on_workers_or_batch_sizes() -> None:
+    runs = []
+    for workers, sizes in ((0, [32]), (2, [1, 7, 100, 3, 250]), (2, [64])):
+        with running_server(max_iterations=700, workers=workers) as server:
+            runs.append(stream_raw(server.url, sizes))
+    expected = {
+        f"sample_{i}": text
+        for i, text in enumerate(SimulatedHealthData(seed=0).samples_json(range(700)))
+    }
+    for texts in runs:
+        assert texts == expected
+
+
+def test_samples_made_ahead_of_a_reset_are_right_after_the_rewind() -> None:
+    with running_server(max_iterations=2000, workers=2) as server:
+        ws = websocket.create_connection(server.url, timeout=30)
+        ws.send('{"type":"handshake","version":"1.0"}')
+        ws.recv()
+        first = {}
+        for _ in range(5):  # 160 of 2,000; the read-ahead is 1,024 further
+            ws.send('{"type":"getData","payload":{"batch_size":32}}')
+            first.update(sample_texts(ws.recv()))
+        ready = server.call(server.server.producer.status)
+        assert ready["samples_ahead"] >= 512, ready  # made or in the making
+        ws.send('{"type":"reset"}')
+        ws.recv(), ws.recv()
+        ws.close()
+        again = stream_raw(server.url, [32, 500])
+        status = server.call(server.server.producer.status)
+    expected = SimulatedHealthData(seed=0).samples_json(range(2000))
+    assert again == {f"sample_{i}": t for i, t in enumerate(expected)}
+    assert all(again[k] == v for k, v in first.items())
+    assert status["samples_served_from_read_ahead"] > 1000, status
+    assert status["engine"] == "processes", status
+
+
+def test_large_batches_are_made_in_workers_not_in_the_event_loop() -> None:
+    with running_server(max_iterations=9000, workers=2) as server:
+        texts = stream_raw(server.url, [4096], probe=False)
+        status = server.call(server.server.producer.status)
+    assert len(texts) == 9000
+    assert status["engine"] == "processes"
+    assert status["samples_made"] >= 9000
+    assert status["read_ahead"] == 2 * 4096  # grown to twice the batch asked for
+    assert status["samples_ahead"] <= 2 * status["read_ahead"] + 128
+
+
+def test_a_killed_worker_is_replaced_and_no_request_is_lost() -> None:
+    with running_server(max_iterations=3000, workers=2) as server:
+        producer = server.server.producer
+        ws = websocket.create_connection(server.url, timeout=30)
+        ws.send('{"type":"handshake","version":"1.0"}')
+        ws.recv()
+        texts: dict[str, str] = {}
+        deadline = time.monotonic() + 10
+        while len(server.call(producer.status)["worker_pids"]) < 2:
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.05)
+        victim = server.call(producer.status)["worker_pids"][0]
+        for batch in range(60):
+            if batch == 3:
+                os.kill(victim, signal.SIGKILL)
+            ws.send('{"type":"getData","payload":{"batch_size":50}}')
+            message = ws.recv()
+            assert message.startswith('{"type":"data"'), message[:200]
+            texts.update(sample_texts(message))
+        ws.close()
+        status = server.call(producer.status)
+    assert victim not in status["worker_pids"]
+    assert status["pool_restarts"] == 1, status
+    expected = SimulatedHealthData(seed=0).samples_json(range(3000))
+    assert texts == {f"sample_{i}": t for i, t in enumerate(expected)}
+
+
+FAILING_SOURCE = """
+from data_simulator import SimulatedHealthData
+
+
+class Failing(SimulatedHealthData):
+    def samples_json(self, indices):
+        if 13 in indices:
+            raise ValueError("index 13 is cursed")
+        return super().samples_json(indices)
+
+
+def make(**settings):
+    return Failing(**settings)
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_sample_the_source_cannot_make_costs_only_itself(
+    tmp_path: Path, workers: int
+) -> None:
+    path = tmp_path / "failing_source.py"
+    path.write_text(FAILING_SOURCE)
+    with running_server(
+        max_iterations=100, workers=workers, source=f"{path}:make"
+    ) as server:
+        ws = websocket.create_connection(server.url, timeout=30)
+        ws.send('{"type":"handshake","version":"1.0"}')
+        ws.recv()
+        replies = []
+        for _ in range(4):
+            ws.send('{"type":"getData","payload":{"batch_size":10}}')
+            replies.append(json.loads(ws.recv()))
+        ws.send('{"type":"status"}')
+        status = json.loads(ws.recv())["payload"]
+        ws.close()
+    served = [[s["sample_id"] for s in reply["payload"]] for reply in replies]
+    assert served[1] == [f"sample_{i}" for i in range(10, 20) if i != 13]
+    assert [ids[0] for ids in served] == [
+        "sample_0",
+        "sample_10",
+        "sample_20",
+        "sample_30",
+    ]
+    assert sum(map(len, served)) == 39
+    assert status["generation"]["samples_failed"] == 1
+
+
+# -- the producer on its own: bounded memory, right bytes -----------------------------
+async def test_read_ahead_memory_stays_bounded_across_rewinds_and_late_skips() -> None:
+    # Samples made ahead and then never asked for (a rewind moved the stream
+    # back, or validation ids set later skip them) must not pin memory.
+    source = SimulatedHealthData(seed=4)
+    stream = SampleStream.for_source(source)
+    spec = "data_simulator:SimulatedHealthData"
+    engine = LocalEngine(source, spec, {"seed": 4}, workers=1)
+    producer = SampleProducer(engine, read_ahead=256)
+    limit = 2 * 256 + SampleProducer.CHUNK
+    rng = random.Random(5)
+    checked = 0
+    try:
+        producer.prefetch(stream.peek)
+        for round_ in range(15):
+            for _ in range(rng.randint(2, 12)):
+                indices = stream.take("c", rng.choice([16, 64, 100]))
+                message = json.loads((await producer.message(indices))[0])
+                assert [s["sample_id"] for s in message["payload"]] == [
+                    f"sample_{i}" for i in indices
+                ]
+                if rng.random() < 0.2:  # spot checks of the content
+                    sample = message["payload"][0]
+                    assert sample == source.sample(indices[0])
+                    checked += 1
+                producer.prefetch(stream.peek)
+                held = producer.status()["samples_ahead"]
+                assert held <= limit, (round_, held)
+            if round_ % 3 == 2:  # ids among those made ahead, set after the fact
+                start = stream.status()["current_position"]
+                stream.set_validation_ids(
+                    [f"sample_{i}" for i in range(start, start + 400, 3)]
+                )
+            stream.reset("c")
+            await asyncio.sleep(0.02)  # let the worker deliver
+        status = producer.status()
+    finally:
+        producer.close()
+    assert checked > 0
+    assert status["samples_made"] > 0
