@@ -18,7 +18,7 @@ each reply parsed in full):
      samples made once, then relabelled).
 
 Baselines measured in this process in the same run: the plain `randint`
-generator (bench/plain_simulation.py, best of five) and the heavy source's
+generator (tests/plain_simulation.py, best of five) and the heavy source's
 time per sample. Rates are steady state: samples a client received in the
 second half of its run divided by that half's length, so the read-ahead the
 server fills before the clients start does not count. "workers busy" is the
@@ -48,7 +48,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.heavy_source import make_source as make_heavy_source  # noqa: E402
-from bench.plain_simulation import plain_simulate_sample  # noqa: E402
 from bench.throughput import (  # noqa: E402
     LARGE_BATCH,
     HelpFormatter,
@@ -62,6 +61,7 @@ from bench.throughput import (  # noqa: E402
     status_client,
     streaming_client,
 )
+from tests.plain_simulation import plain_simulate_sample  # noqa: E402
 
 HEAVY_SOURCE = "bench/heavy_source.py:make_source"
 POOL_SOURCE = "bench/pool_source.py:make_source"
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     step("heavy source, --workers 2")
     heavy2, _, run2 = stream(ours(2, "--source", HEAVY_SOURCE), 1, batch, seconds)
     step("starting a local Dask cluster (2 workers x 1 thread)")
-    from bench.local_dask import local_dask_cluster
+    from tests.local_dask import local_dask_cluster
 
     with local_dask_cluster(nworkers=2, nthreads=1) as cluster:
         step(f"heavy source, --cluster {cluster.address}")

@@ -12,6 +12,7 @@ them silently; here they are failures), and when each reply arrived.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from eir_like_client import EirLikeClient
@@ -42,6 +44,45 @@ def streamer(
     command = [sys.executable, str(SERVER), "--port", "0", *args]
     with server_process(command, log_path, cwd, startup_timeout) as server:
         yield server
+
+
+# A source with a fixed amount of CPU per sample (about 3 ms: 3,000 chained
+# SHA-256 in a Python loop, holding the GIL as simulator code does), so a
+# pass takes long enough for a worker to die in the middle of it. Its
+# samples are the simulated ones, drawn from an RNG that also depends on the
+# hashes, so the work cannot be skipped and a sample depends on its index alone.
+SLOW_SOURCE = """
+import random
+from hashlib import sha256
+
+from data_simulator import SimulatedHealthData
+from single_sample_simulation import simulate_sample
+
+
+class Slow(SimulatedHealthData):
+    def simulate(self, index):
+        digest = sha256(f"{self.seed}:{index}".encode()).digest()
+        for _ in range(3000):
+            digest = sha256(digest).digest()
+        rng = random.Random(f"{self.seed}:{index}:{digest.hex()}")
+        return simulate_sample(rng, self.sequence_length)
+
+
+def make(**settings):
+    return Slow(**settings)
+"""
+
+
+def write_source(folder: Path, stem: str, text: str) -> tuple[str, ModuleType]:
+    """Write a source module `stem`.py into folder; its --source spec
+    (path/to/stem.py:make) and the module, loaded here for reference samples."""
+    path = folder / f"{stem}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"_reference_{stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return f"{path}:make", module
 
 
 def raw_samples(text: str) -> list[str]:

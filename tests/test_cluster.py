@@ -25,21 +25,19 @@ from pathlib import Path
 
 import pytest
 from exact_pass import (
+    SLOW_SOURCE,
     check_exactly_once,
     longest_stall_after,
     send_validation_ids,
     streamer,
     training_pass,
     wait_until,
+    write_source,
 )
+from local_dask import LocalDaskCluster, local_dask_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.heavy_source import make_source as make_heavy_source  # noqa: E402
-from bench.local_dask import LocalDaskCluster, local_dask_cluster  # noqa: E402
-
-HEAVY_SOURCE = "bench/heavy_source.py:make_source"
 NUM_SAMPLES = 4000
 VALIDATION = [k for k in range(NUM_SAMPLES) if k % 5 == 1]
 EXPECTED = [k for k in range(NUM_SAMPLES) if k % 5 != 1]
@@ -83,7 +81,7 @@ def modules_on_workers(cluster: LocalDaskCluster) -> dict[str, list[str]]:
     def ours() -> list[str]:
         import sys
 
-        names = ("data_simulator", "single_sample_simulation", "heavy_source")
+        names = ("data_simulator", "single_sample_simulation", "slow")
         return sorted(
             getattr(module, "__file__", "") or ""
             for name, module in list(sys.modules.items())
@@ -140,7 +138,8 @@ def test_a_dask_worker_killed_mid_stream_costs_no_sample(
     num = 1200
     killed: dict[str, float | int] = {}
     log = tmp_path / "server.log"
-    args = ["--source", HEAVY_SOURCE, "--max-iterations", str(num)]
+    spec, slow = write_source(tmp_path, "slow", SLOW_SOURCE)
+    args = ["--source", spec, "--max-iterations", str(num)]
     with streamer(log, *args, "--cluster", cluster.address) as server:
 
         def kill_one(batches: int) -> None:
@@ -172,7 +171,7 @@ def test_a_dask_worker_killed_mid_stream_costs_no_sample(
         f"{restart:.1f} s after the pass; pass of {num} samples, status {status}"
     )
     assert killed["pid"] not in cluster.worker_pids().values()
-    source = make_heavy_source(seed=0, max_iterations=num)
+    source = slow.make(seed=0, sequence_length=64, max_iterations=num)
     by_id = got.by_id()
     for k in range(0, num, 37):
         assert by_id[f"sample_{k}"] == source.samples_json([k])[0], k
@@ -206,10 +205,10 @@ def test_a_source_only_the_server_has_runs_on_the_workers(
     folder = tmp_path / "project"
     folder.mkdir()
     stem = f"my_source_{'file' if form.startswith('path') else 'module'}"
-    (folder / f"{stem}.py").write_text(MY_SOURCE)
+    spec, module = write_source(folder, stem, MY_SOURCE)
     num = 200
     if form.startswith("path"):
-        args = ["--source", f"{folder / stem}.py:make", "--cluster", cluster.address]
+        args = ["--source", spec, "--cluster", cluster.address]
         cwd = ROOT
     else:  # found from the current folder, the cluster named by the environment
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.address)
@@ -222,10 +221,6 @@ def test_a_source_only_the_server_has_runs_on_the_workers(
     assert sum(tasks_run(cluster).values()) > before, "no task ran on the workers"
     check_exactly_once(got, range(num))
     assert status["engine"] == "dask", status
-    spec = importlib.util.spec_from_file_location(stem, folder / f"{stem}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     source = module.make(seed=0, sequence_length=64, max_iterations=num)
     by_id = got.by_id()
     for k in range(num):

@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from exact_pass import (
+    SLOW_SOURCE,
     check_exactly_once,
     longest_stall_after,
     send_validation_ids,
     streamer,
     training_pass,
+    write_source,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.heavy_source import make_source as make_heavy_source  # noqa: E402
-
-HEAVY_SOURCE = "bench/heavy_source.py:make_source"
 NUM_SAMPLES = 3000
 VALIDATION = [k for k in range(NUM_SAMPLES) if k % 7 == 3]  # 429 ids
 EXPECTED = [k for k in range(NUM_SAMPLES) if k % 7 != 3]
@@ -68,7 +63,8 @@ def test_a_worker_killed_mid_stream_costs_no_sample(tmp_path: Path) -> None:
     num = 1200
     killed: dict[str, float | int] = {}
     log = tmp_path / "server.log"
-    args = ["--workers", "2", "--source", HEAVY_SOURCE, "--max-iterations"]
+    spec, slow = write_source(tmp_path, "slow", SLOW_SOURCE)
+    args = ["--workers", "2", "--source", spec, "--max-iterations"]
     with streamer(log, *args, str(num)) as server:
 
         def kill_one(batches: int) -> None:
@@ -98,7 +94,7 @@ def test_a_worker_killed_mid_stream_costs_no_sample(tmp_path: Path) -> None:
         f"after the kill {stall:.3f} s, pass of {num} samples"
     )
     # Content is a function of the index: re-made samples are the same bytes.
-    source = make_heavy_source(seed=0, max_iterations=num)
+    source = slow.make(seed=0, sequence_length=64, max_iterations=num)
     by_id = got.by_id()
     for k in range(0, num, 37):
         assert by_id[f"sample_{k}"] == source.samples_json([k])[0], k
@@ -124,9 +120,8 @@ def make(**settings):
 
 def test_one_failing_index_costs_only_itself(tmp_path: Path) -> None:
     bad, num = 37, 300
-    (tmp_path / "one_bad.py").write_text(FAILING_SOURCE.format(bad=bad))
+    source, _ = write_source(tmp_path, "one_bad", FAILING_SOURCE.format(bad=bad))
     log = tmp_path / "server.log"
-    source = f"{tmp_path / 'one_bad.py'}:make"
     args = ["--workers", "1", "--source", source, "--max-iterations", str(num)]
     with streamer(log, *args) as server:
         got = training_pass(server.url, batch_size=16)
@@ -143,9 +138,8 @@ def test_one_failing_index_costs_only_itself(tmp_path: Path) -> None:
 
 
 def test_a_source_that_always_fails_gets_an_error_reply(tmp_path: Path) -> None:
-    (tmp_path / "all_bad.py").write_text(FAILING_SOURCE.format(bad=None))
+    source, _ = write_source(tmp_path, "all_bad", FAILING_SOURCE.format(bad=None))
     log = tmp_path / "server.log"
-    source = f"{tmp_path / 'all_bad.py'}:make"
     with streamer(log, "--workers", "1", "--source", source) as server:
         from eir_like_client import EirLikeClient
 

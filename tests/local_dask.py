@@ -3,7 +3,7 @@
 `local_dask_cluster()` runs `dask scheduler` and `dask worker` as subprocesses
 (the `dask` command next to this Python), waits until the scheduler counts
 the workers, and kills both process groups on the way out, whatever happened.
-The tests (tests/test_cluster.py) and the benchmark (bench/executors.py) use
+The tests (test_cluster.py) and the benchmark (bench/executors.py) use
 it, so both exercise the commands users run, not an in-process LocalCluster.
 
 Everything listens on 127.0.0.1 only, including the scheduler's and workers'
