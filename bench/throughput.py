@@ -149,20 +149,23 @@ class Server:
 
 
 @contextmanager
-def running_server(workers: int, length: int, seed: int) -> Iterator[Server]:
+def running_server(
+    workers: int | None, length: int, seed: int, extra: Sequence[str] = ()
+) -> Iterator[Server]:
+    """Our server with --workers N (left out if None) and `extra` options."""
+    options = ["--sequence-length", str(length), "--seed", str(seed)]
+    if workers is not None:
+        options += ["--workers", str(workers)]
+    with running_process([sys.executable, str(SERVER), *options, *extra]) as server:
+        yield server
+
+
+@contextmanager
+def running_process(command: Sequence[str]) -> Iterator[Server]:
+    """command + ["--port", <a free port>], run from the repository root,
+    until it accepts TCP connections; stopped with SIGINT afterwards."""
     port = free_port()
-    command = [
-        sys.executable,
-        str(SERVER),
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--sequence-length",
-        str(length),
-        "--seed",
-        str(seed),
-    ]
+    command = [*command, "--port", str(port)]
     with tempfile.NamedTemporaryFile(prefix="throughput-server-", suffix=".log") as log:
         started = time.perf_counter()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -346,8 +349,12 @@ def run_clients(
     server: Server,
     targets: Sequence[tuple[Callable[..., None], tuple[Any, ...]]],
     seconds: float,
+    workers_cpu: Callable[[], float] | None = None,
 ) -> Run:
-    """Start the client processes, release them together, collect reports."""
+    """Start the client processes, release them together, collect reports.
+
+    `workers_cpu()`: CPU seconds of the sample workers when they are not the
+    server's child processes (the workers of a Dask cluster)."""
     ctx = multiprocessing.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()
     procs = [
@@ -360,6 +367,8 @@ def run_clients(
     try:
         time.sleep(1.0)  # let every client connect, probe and warm up
         cpu_before = server.cpu_seconds()
+        if workers_cpu is not None:
+            cpu_before = (cpu_before[0], workers_cpu())
         wall = time.perf_counter()
         go.set()
         for _ in procs:
@@ -369,6 +378,8 @@ def run_clients(
             run.reports.append(report)
         run.wall = time.perf_counter() - wall
         cpu_after = server.cpu_seconds()
+        if workers_cpu is not None:
+            cpu_after = (cpu_after[0], workers_cpu())
         run.server_cpu = cpu_after[0] - cpu_before[0]
         run.workers_cpu = cpu_after[1] - cpu_before[1]
     finally:

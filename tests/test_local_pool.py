@@ -1,0 +1,165 @@
+"""The local engines for real: --workers 0 (a thread), 1 and 2 (spawned processes).
+
+Every test runs the server as a subprocess and reads a whole bounded pass as
+EIR's training connection does (tests/exact_pass.py), keeping each sample's
+JSON text as sent. Nothing is mocked: the worker that is killed is a real
+process of the server's pool, killed with SIGKILL in the middle of the pass,
+and the failing sources are real source files loaded with --source.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from exact_pass import (
+    SLOW_SOURCE,
+    check_exactly_once,
+    longest_stall_after,
+    send_validation_ids,
+    streamer,
+    training_pass,
+    write_source,
+)
+
+NUM_SAMPLES = 3000
+VALIDATION = [k for k in range(NUM_SAMPLES) if k % 7 == 3]  # 429 ids
+EXPECTED = [k for k in range(NUM_SAMPLES) if k % 7 != 3]
+
+posix_only = pytest.mark.skipif(
+    not hasattr(signal, "SIGKILL"), reason="SIGKILL is POSIX-only"
+)
+
+
+def generation(server) -> dict:
+    """The "generation" object of the server's status reply."""
+    return server.status()["generation"]
+
+
+def test_every_worker_count_serves_the_same_bytes(tmp_path: Path) -> None:
+    """--workers 0, 1 and 2: the same pass, sample for sample, byte for byte."""
+    passes = {}
+    for workers in (0, 1, 2):
+        args = ["--workers", str(workers), "--seed", "5", "--max-iterations"]
+        log = tmp_path / f"server-{workers}.log"
+        with streamer(log, *args, str(NUM_SAMPLES)) as server:
+            send_validation_ids(server.url, [f"sample_{k}" for k in VALIDATION])
+            got = training_pass(server.url, batch_size=64)
+            status = generation(server)
+        check_exactly_once(got, EXPECTED)
+        assert status["engine"] == ("thread" if workers == 0 else "processes"), status
+        assert status["samples_failed"] == 0, status
+        passes[workers] = got.by_id()
+    for workers in (1, 2):
+        differing = [k for k, raw in passes[workers].items() if passes[0][k] != raw]
+        assert not differing, f"--workers {workers} differs at {differing[:5]}"
+
+
+@posix_only
+def test_a_worker_killed_mid_stream_costs_no_sample(tmp_path: Path) -> None:
+    num = 1200
+    killed: dict[str, float | int] = {}
+    log = tmp_path / "server.log"
+    spec, slow = write_source(tmp_path, "slow", SLOW_SOURCE)
+    args = ["--workers", "2", "--source", spec, "--max-iterations"]
+    with streamer(log, *args, str(num)) as server:
+
+        def kill_one(batches: int) -> None:
+            """From the 2nd batch on, once: SIGKILL a worker while chunks are
+            at the pool (else there is nothing to lose and nothing to show)."""
+            if batches < 2 or killed:
+                return
+            now = generation(server)
+            if now["chunks_in_flight"] and now["worker_pids"]:
+                os.kill(now["worker_pids"][0], signal.SIGKILL)
+                killed.update(pid=now["worker_pids"][0], at=time.monotonic())
+
+        got = training_pass(server.url, batch_size=16, after_batch=kill_one)
+        status = generation(server)
+        alive = server.process.poll() is None
+    assert killed, "the pass ended before the kill"
+    assert alive, log.read_text()
+    check_exactly_once(got, range(num))
+    assert "Traceback" not in log.read_text(), log.read_text()  # stopped cleanly
+    assert status["pool_restarts"] >= 1, status
+    assert status["chunks_remade"] >= 1, status
+    assert killed["pid"] not in status["worker_pids"], status
+    stall = longest_stall_after(got.arrivals, killed["at"])
+    print(
+        f"\nlocal pool SIGKILL: pool_restarts {status['pool_restarts']}, "
+        f"chunks_remade {status['chunks_remade']}, longest wait for a reply "
+        f"after the kill {stall:.3f} s, pass of {num} samples"
+    )
+    # Content is a function of the index: re-made samples are the same bytes.
+    source = slow.make(seed=0, sequence_length=64, max_iterations=num)
+    by_id = got.by_id()
+    for k in range(0, num, 37):
+        assert by_id[f"sample_{k}"] == source.samples_json([k])[0], k
+
+
+FAILING_SOURCE = """
+from data_simulator import SimulatedHealthData
+
+BAD = {bad}
+
+
+class Failing(SimulatedHealthData):
+    def simulate(self, index):
+        if BAD is None or index == BAD:
+            raise RuntimeError(f"the simulator broke on index {{index}}")
+        return super().simulate(index)
+
+
+def make(**settings):
+    return Failing(**settings)
+"""
+
+
+def test_one_failing_index_costs_only_itself(tmp_path: Path) -> None:
+    bad, num = 37, 300
+    source, _ = write_source(tmp_path, "one_bad", FAILING_SOURCE.format(bad=bad))
+    log = tmp_path / "server.log"
+    args = ["--workers", "1", "--source", source, "--max-iterations", str(num)]
+    with streamer(log, *args) as server:
+        got = training_pass(server.url, batch_size=16)
+        status = generation(server)
+    check_exactly_once(got, [k for k in range(num) if k != bad])
+    # The batch that held index 37 (the probe took sample 0 and gave it back,
+    # so batches are 0-15, 16-31, 32-47, ...) came with its other 15 samples.
+    assert got.batch_sizes[2] == 15, got.batch_sizes
+    assert set(got.batch_sizes[:2] + got.batch_sizes[3:-1]) == {16}, got.batch_sizes
+    assert status["samples_failed"] == 1, status
+    text = log.read_text()
+    assert text.count("the simulator broke on index 37") == 1, text
+    assert "Traceback" not in text, text
+
+
+def test_a_source_that_always_fails_gets_an_error_reply(tmp_path: Path) -> None:
+    source, _ = write_source(tmp_path, "all_bad", FAILING_SOURCE.format(bad=None))
+    log = tmp_path / "server.log"
+    with streamer(log, "--workers", "1", "--source", source) as server:
+        from eir_like_client import EirLikeClient
+
+        client = EirLikeClient(server.url, timeout=30)
+        try:
+            started = time.monotonic()
+            first = client.request({"type": "getData", "payload": {"batch_size": 16}})
+            took = time.monotonic() - started
+            status = server.status()  # another connection is still answered
+            again = client.request({"type": "getData", "payload": {"batch_size": 16}})
+            same_connection = client.request({"type": "status"})[0]
+        finally:
+            client.close()
+        alive = server.process.poll() is None
+    for reply in (first[0], again[0]):
+        assert reply["type"] == "error", reply
+        message = reply["payload"]["message"]
+        assert "source" in message, message  # says whose fault it is
+        assert "the simulator broke on index" in message, message  # and what
+    assert took < 20, f"the first error took {took:.1f} s"
+    assert same_connection["type"] == "status", same_connection
+    assert status["generation"]["samples_failed"] >= 1, status
+    assert alive, log.read_text()
