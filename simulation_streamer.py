@@ -535,21 +535,51 @@ class LocalEngine:
         return self.workers or 1
 
     def pids(self) -> list[int]:
-        # ProcessPoolExecutor has no public list of its processes; this one is
-        # only reported in `status` (and used by tests to kill a worker).
-        return list(getattr(self.executor, "_processes", None) or ())
+        # ProcessPoolExecutor has no public list of its processes: `_processes`
+        # (pid -> Process) is read for `status`, `heal` and `close` only.
+        return list(self._processes())
 
     def why_waiting(self) -> str:
         if not self.workers:
             return "the server's sample thread is busy"
         return f"all {self.workers} local worker processes are busy"
 
-    def close(self) -> None:
-        processes = list((getattr(self.executor, "_processes", None) or {}).values())
-        self.executor.shutdown(wait=False, cancel_futures=True)
+    def heal(self) -> None:
+        """Make the pool notice a dead worker it has missed.
+
+        ProcessPoolExecutor (3.11-3.13) reads results in one thread; a worker
+        killed while writing a large result leaves that thread waiting for the
+        rest of it, forever (this process holds the result pipe's other write
+        end), and the pool never reports itself broken. Stopping the pool's
+        processes and closing our write end ends that read; the pool then
+        fails its futures with BrokenProcessPool as usual, and a new pool
+        makes their chunks again.
+        """
+        processes = list(self._processes().values())
+        if not any(process.exitcode is not None for process in processes):
+            return
+        logger.warning("a local worker process died unnoticed; ending its pool")
+        self._terminate(processes)
+        results = getattr(self.executor, "_result_queue", None)
+        with contextlib.suppress(Exception):
+            results._writer.close()  # type: ignore[union-attr]
+
+    def _processes(self) -> dict[int, Any]:
+        return dict(getattr(self.executor, "_processes", None) or {})
+
+    @staticmethod
+    def _terminate(processes: list[Any]) -> None:
         for process in processes:  # they hold no state: no need to let them finish
             with contextlib.suppress(Exception):
                 process.terminate()
+
+    def close(self) -> None:
+        processes = list(self._processes().values())
+        manager = getattr(self.executor, "_executor_manager_thread", None)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self._terminate(processes)
+        if manager is not None:  # let it tear down its queues before we exit
+            manager.join(1.0)
 
 
 class DaskEngine:
@@ -600,6 +630,9 @@ class DaskEngine:
 
     def replace_executor(self) -> None:
         """Nothing to do: a lost Dask worker's tasks are rerun by the scheduler."""
+
+    def heal(self) -> None:
+        """Nothing to do: the scheduler notices lost workers itself."""
 
     def live_workers(self) -> int:
         """Workers connected to the scheduler (asked at most once a second:
@@ -715,6 +748,7 @@ class SampleProducer:
     MAX_RESTARTS = 5
     FAILURE_RUN = 64
     WAIT_WARNING = 10.0  # seconds a request waits before the log says why
+    HEAL_AFTER = 1.0  # seconds a request waits before the engine is checked
 
     def __init__(self, engine: LocalEngine | DaskEngine, read_ahead: int = 1024):
         self.engine = engine
@@ -780,9 +814,14 @@ class SampleProducer:
 
     async def _wait_for(self, chunks: list[_Chunk]) -> None:
         pending = [c.done for c in chunks if not c.done.done()]
+        waited = 0.0
         while pending:
-            _, still = await asyncio.wait(pending, timeout=self.WAIT_WARNING)
+            _, still = await asyncio.wait(pending, timeout=self.HEAL_AFTER)
+            waited += self.HEAL_AFTER
             if still:
+                self.engine.heal()
+            if still and waited >= self.WAIT_WARNING:
+                waited = 0.0
                 logger.warning(
                     "a request has waited %.0f s for samples: %s (%d tasks queued "
                     "here, %d at the executor)",
