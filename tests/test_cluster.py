@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import websocket
+from eir_like_client import EirLikeClient
 from exact_pass import (
     SLOW_SOURCE,
     check_exactly_once,
@@ -262,3 +264,31 @@ def test_cluster_without_distributed_says_what_to_install(how: str) -> None:
     assert done.returncode == 2, (done.returncode, lines)
     assert len(lines) == 1, lines
     assert "distributed" in lines[0] and "install" in lines[0], lines
+
+
+def test_a_cluster_without_workers_makes_requests_wait_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Requests wait for workers to join (no error reply), and the log says
+    that no worker is connected."""
+    from conftest import running_server
+
+    from simulation_streamer import SampleProducer
+
+    if importlib.util.find_spec("distributed") is None and not REQUIRED:
+        pytest.skip("`distributed` is not installed")
+    monkeypatch.setattr(SampleProducer, "WAIT_WARNING", 0.5)
+    with local_dask_cluster(nworkers=1, nthreads=1) as lonely:
+        os.killpg(lonely.workers.pid, signal.SIGKILL)  # worker and nanny gone
+        deadline = time.monotonic() + 30
+        while lonely.client.scheduler_info(n_workers=-1)["workers"]:
+            assert time.monotonic() < deadline, "the scheduler kept its worker"
+            time.sleep(0.1)
+        with running_server(max_iterations=100, cluster=lonely.address) as server:
+            client = EirLikeClient(server.url, timeout=30)
+            client.send({"type": "getData", "payload": {"batch_size": 8}})
+            with pytest.raises(websocket.WebSocketTimeoutException):
+                client.recv(timeout=2.5)  # nothing yet, and no error either
+            client.close()
+    waits = [r.getMessage() for r in caplog.records if "has waited" in r.getMessage()]
+    assert waits and f"no Dask worker is connected to {lonely.address}" in waits[0]

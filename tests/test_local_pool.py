@@ -163,3 +163,46 @@ def test_a_source_that_always_fails_gets_an_error_reply(tmp_path: Path) -> None:
     assert same_connection["type"] == "status", same_connection
     assert status["generation"]["samples_failed"] >= 1, status
     assert alive, log.read_text()
+
+
+SLEEPY_SOURCE = """
+import time
+
+from data_simulator import SimulatedHealthData
+
+
+class Sleepy(SimulatedHealthData):
+    def simulate(self, index):
+        time.sleep(0.05)
+        return super().simulate(index)
+
+
+def make(**settings):
+    return Sleepy(**settings)
+"""
+
+
+def test_busy_workers_make_a_request_wait_and_the_log_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request for more than the one worker makes at once waits for it (no
+    error reply); past SampleProducer.WAIT_WARNING the log says why."""
+    from conftest import running_server
+    from eir_like_client import EirLikeClient
+
+    from simulation_streamer import SampleProducer
+
+    spec, _ = write_source(tmp_path, "sleepy", SLEEPY_SOURCE)
+    monkeypatch.setattr(SampleProducer, "WAIT_WARNING", 0.5)
+    monkeypatch.setattr(SampleProducer, "HEAL_AFTER", 0.25)
+    with running_server(max_iterations=500, workers=1, source=spec) as server:
+        client = EirLikeClient(server.url, timeout=30)
+        reply = client.request({"type": "getData", "payload": {"batch_size": 40}})[0]
+        client.close()
+    assert reply["type"] == "data", reply
+    assert [s["sample_id"] for s in reply["payload"]] == [
+        f"sample_{k}" for k in range(40)
+    ]
+    waits = [r.getMessage() for r in caplog.records if "has waited" in r.getMessage()]
+    assert waits, "no log line about the wait"
+    assert "all 1 local worker processes are busy" in waits[0]

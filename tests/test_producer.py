@@ -1,23 +1,17 @@
 """The sample producer changes speed, never content.
 
 A sample's bytes do not depend on the number of worker processes or on batch
-sizes; samples made ahead of a reset are still right after the rewind;
-generation happens in the workers, not the event loop; a killed worker is
-replaced without losing a request; a sample the source cannot make is left
-out of its batch and the rest is served. (The generator itself is tested in
-test_generator.py, the determinism of the source in test_simulator.py.)
+sizes; samples made ahead of a reset are still right after the rewind; large
+batches are made in the workers; the read-ahead's memory stays bounded. The
+faults (a killed worker, a failing source) are in test_local_pool.py, the
+generator in test_generator.py, the source's determinism in test_simulator.py.
 """
 
 import asyncio
 import json
-import os
 import random
-import signal
-import time
 from collections.abc import Iterable
-from pathlib import Path
 
-import pytest
 import websocket
 from conftest import running_server
 
@@ -118,81 +112,6 @@ def test_large_batches_are_made_in_workers_not_in_the_event_loop() -> None:
     assert status["samples_made"] >= 9000
     assert status["read_ahead"] == 2 * 4096  # grown to twice the batch asked for
     assert status["samples_ahead"] <= 2 * status["read_ahead"] + 128
-
-
-@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
-def test_a_killed_worker_is_replaced_and_no_request_is_lost() -> None:
-    with running_server(max_iterations=3000, workers=2) as server:
-        producer = server.server.producer
-        ws = websocket.create_connection(server.url, timeout=30)
-        ws.send('{"type":"handshake","version":"1.0"}')
-        ws.recv()
-        texts: dict[str, str] = {}
-        deadline = time.monotonic() + 10
-        while len(server.call(producer.status)["worker_pids"]) < 2:
-            assert time.monotonic() < deadline, "workers did not start"
-            time.sleep(0.05)
-        victim = server.call(producer.status)["worker_pids"][0]
-        for batch in range(60):
-            if batch == 3:
-                os.kill(victim, signal.SIGKILL)
-            ws.send('{"type":"getData","payload":{"batch_size":50}}')
-            message = ws.recv()
-            assert message.startswith('{"type":"data"'), message[:200]
-            texts.update(sample_texts(message))
-        ws.close()
-        status = server.call(producer.status)
-    assert victim not in status["worker_pids"]
-    assert status["pool_restarts"] == 1, status
-    expected = SimulatedHealthData(seed=0).samples_json(range(3000))
-    assert texts == {f"sample_{i}": t for i, t in enumerate(expected)}
-
-
-FAILING_SOURCE = """
-from data_simulator import SimulatedHealthData
-
-
-class Failing(SimulatedHealthData):
-    def samples_json(self, indices):
-        if 13 in indices:
-            raise ValueError("index 13 is cursed")
-        return super().samples_json(indices)
-
-
-def make(**settings):
-    return Failing(**settings)
-"""
-
-
-@pytest.mark.parametrize("workers", [0, 1])
-def test_a_sample_the_source_cannot_make_costs_only_itself(
-    tmp_path: Path, workers: int
-) -> None:
-    path = tmp_path / "failing_source.py"
-    path.write_text(FAILING_SOURCE)
-    with running_server(
-        max_iterations=100, workers=workers, source=f"{path}:make"
-    ) as server:
-        ws = websocket.create_connection(server.url, timeout=30)
-        ws.send('{"type":"handshake","version":"1.0"}')
-        ws.recv()
-        replies = []
-        for _ in range(4):
-            ws.send('{"type":"getData","payload":{"batch_size":10}}')
-            replies.append(json.loads(ws.recv()))
-        ws.send('{"type":"status"}')
-        status = json.loads(ws.recv())["payload"]
-        ws.close()
-    served = [[s["sample_id"] for s in reply["payload"]] for reply in replies]
-    assert served[1] == [f"sample_{i}" for i in range(10, 20) if i != 13]
-    assert [ids[0] for ids in served] == [
-        "sample_0",
-        "sample_10",
-        "sample_20",
-        "sample_30",
-    ]
-    assert sum(map(len, served)) == 39
-    assert status["generation"]["samples_failed"] == 1
 
 
 # -- the producer on its own: bounded memory, right bytes -----------------------------
