@@ -877,7 +877,8 @@ class SampleProducer:
 
     def _task_done(self, chunk: _Chunk, pool: int, task: asyncio.Future[Chunk]) -> None:
         self._in_flight -= 1
-        if self._closed or task.cancelled():
+        if self._closed or task.cancelled():  # cancelled: only at shutdown
+            self._fail(chunk, "server shutting down")
             return
         problem = task.exception()
         if problem is None:
