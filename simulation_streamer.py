@@ -732,7 +732,11 @@ class SampleProducer:
     right whatever the stream does: after a rewind it is served when its index
     comes round again. At most `max_in_flight` tasks are at the executor at a
     time (the rest wait here, a request's own chunks first), and the
-    read-ahead holds at most 2 x read_ahead + CHUNK samples (oldest go first).
+    read-ahead holds at most 2 x read_ahead + `chunk` samples (oldest go
+    first). A task makes `chunk` samples, sized from the measured cost of a
+    sample so that a task takes about TASK_SECONDS: a cheap source gets big
+    tasks (the per-task cost of an executor is tens of microseconds), a heavy
+    one small tasks that spread over every worker.
 
     Faults: a chunk whose task was lost (its worker died, the pool broke) is
     made again, the same bytes since they depend on the index alone, up to
@@ -742,7 +746,8 @@ class SampleProducer:
     and `broken` then says why (the server answers `getData` with it).
     """
 
-    CHUNK = 128  # samples per task when reading ahead
+    TASK_SECONDS = 0.05
+    MIN_CHUNK, FIRST_CHUNK, MAX_CHUNK = 8, 64, 1024
     MAX_READ_AHEAD = 8192
     MAX_ATTEMPTS = 3
     MAX_RESTARTS = 5
@@ -753,6 +758,8 @@ class SampleProducer:
     def __init__(self, engine: LocalEngine | DaskEngine, read_ahead: int = 1024):
         self.engine = engine
         self.read_ahead = read_ahead
+        self.chunk = self.FIRST_CHUNK  # samples per task, until measured
+        self._sample_seconds = 0.0  # a moving average, once measured
         self.broken: str | None = None
         self._ahead: dict[int, _Chunk] = {}  # read-ahead: index -> its chunk
         self._queue: deque[_Chunk] = deque()  # chunks not yet at the executor
@@ -806,7 +813,7 @@ class SampleProducer:
         """Chunks for a request's missing indices, split so every worker takes
         a share, at the front of the queue (ahead of the read-ahead)."""
         workers = max(1, self.engine.live_workers())
-        size = min(self.CHUNK, max(8, -(-len(indices) // workers)))
+        size = min(self.chunk, max(self.MIN_CHUNK, -(-len(indices) // workers)))
         made = [_Chunk(indices[at : at + size]) for at in range(0, len(indices), size)]
         self._queue.extendleft(reversed(made))
         self._pump()
@@ -845,11 +852,12 @@ class SampleProducer:
             return
         self._missed = False
         new = [i for i in peek(self.read_ahead) if i not in ahead]
-        for start in range(0, len(new), self.CHUNK):
-            chunk = _Chunk(new[start : start + self.CHUNK])
+        size = self.chunk
+        for start in range(0, len(new), size):
+            chunk = _Chunk(new[start : start + size])
             ahead.update(dict.fromkeys(chunk.indices, chunk))
             self._queue.append(chunk)
-        while len(ahead) > 2 * self.read_ahead + self.CHUNK:  # oldest first
+        while len(ahead) > 2 * self.read_ahead + size:  # oldest first
             del ahead[next(iter(ahead))]
         self._pump()
 
@@ -918,8 +926,13 @@ class SampleProducer:
         self.engine.replace_executor()
 
     def _finish(
-        self, chunk: _Chunk, samples: list[bytes | None], failures: dict[int, str]
+        self,
+        chunk: _Chunk,
+        samples: list[bytes | None],
+        failures: dict[int, str],
+        seconds: float,
     ) -> None:
+        self._resize(seconds / max(1, len(samples)))
         chunk.samples = dict(zip(chunk.indices, samples, strict=True))
         self.samples_made += len(samples) - len(failures)
         if failures:
@@ -928,6 +941,17 @@ class SampleProducer:
             self._failure_run = 0
         if not chunk.done.done():
             chunk.done.set_result(chunk.samples)
+
+    def _resize(self, sample_seconds: float) -> None:
+        """Chunks of about TASK_SECONDS of work, and a read-ahead of at least
+        two chunks per worker."""
+        average = self._sample_seconds
+        average = 0.8 * average + 0.2 * sample_seconds if average else sample_seconds
+        self._sample_seconds = average
+        size = int(self.TASK_SECONDS / max(average, 1e-9))
+        self.chunk = max(self.MIN_CHUNK, min(self.MAX_CHUNK, size))
+        wanted = 2 * self.chunk * max(1, self.engine.live_workers())
+        self.read_ahead = max(self.read_ahead, min(self.MAX_READ_AHEAD, wanted))
 
     def _record_failures(self, chunk: _Chunk, failures: dict[int, str]) -> None:
         self.samples_failed += len(failures)
@@ -963,6 +987,7 @@ class SampleProducer:
             "chunks_in_flight": self._in_flight,
             "chunks_queued": len(self._queue),
             "read_ahead": self.read_ahead,
+            "chunk": self.chunk,
             "samples_ahead": len(self._ahead),
             "samples_made": self.samples_made,
             "samples_failed": self.samples_failed,
