@@ -49,9 +49,11 @@ def test_connections_share_one_cursor_and_no_index_is_served_twice() -> None:
     assert got["a"] == [0, 1, 6, 7, 12, 13]
     assert got["b"] == [2, 3, 8, 9, 14, 15]
     assert got["c"] == [4, 5, 10, 11, 16, 17]
-    assert stream.take("a", 5) == [18, 19]  # cut short at the end of the pass
-    assert stream.take("b", 5) is None
-    assert stream.take("b", 5) is None  # and stays exhausted until a rewind
+    # 18 and 19 are not one more batch for each of the three (rule 7)
+    assert stream.take("a", 2) is None
+    assert stream.take("b", 2) is None
+    assert stream.take("b", 2) is None  # and stays over until its reset
+    assert stream.remaining() == 2
 
 
 def test_take_rejects_a_count_below_one_and_changes_nothing() -> None:
@@ -262,8 +264,13 @@ def test_every_probe_of_workers_starting_together_is_given_back() -> None:
     assert sorted(p[0] for p in probes.values()) == list(range(8))
     outcomes = [stream.reset(w) for w in workers]
     assert not any(o.rewound for o in outcomes)  # joiners count as in the pass
-    served = [i for w in workers for i in drain(stream, w, batch=3)]
-    assert sorted(served) == list(range(40))
+    assert stream.remaining() == 40  # all eight probe samples are back
+    got = {w: drain(stream, w, batch=3) for w in workers}  # one after another
+    served = [i for w in workers for i in got[w]]
+    assert sorted(served) == sorted(set(served))
+    # 40 samples are one round of 8 x 3 and 16 over: one batch each (rule 7)
+    assert [len(got[w]) for w in workers] == [3] * 8
+    assert stream.remaining() == 16
 
 
 def test_a_joiner_holds_the_pass_open_until_it_is_told_terminate() -> None:
@@ -271,11 +278,14 @@ def test_a_joiner_holds_the_pass_open_until_it_is_told_terminate() -> None:
     stream.connect("a")
     stream.take("a", 4)
     assert not stream.reset("joiner").rewound  # joins a's pass, takes nothing yet
-    assert drain(stream, "a") == list(range(4, 10))
+    assert drain(stream, "a", batch=4) == []  # 6 left: the joiner is owed 4
     assert not stream.reset("c").rewound  # the joiner is still in the pass
-    assert stream.take("joiner", 5) is None
-    assert stream.take("c", 5) is None
-    assert stream.reset("d").rewound  # now nobody is: a new pass
+    assert stream.take("joiner", 4) == [4, 5, 6, 7]
+    assert stream.take("joiner", 4) is None
+    assert not stream.reset("d").rewound  # c is still in the pass
+    assert stream.take("c", 4) is None  # at 0, and the pass ended at 1
+    assert stream.take("d", 4) is None
+    assert stream.reset("e").rewound  # now nobody is: a new pass
 
 
 def test_terminate_ends_a_connections_pass() -> None:
@@ -301,11 +311,13 @@ def test_a_connection_told_terminate_joins_if_others_are_still_in_the_pass() -> 
     stream.connect("a")
     stream.connect("b")
     stream.take("b", 2)  # b is in the pass and has not been told terminate
-    assert drain(stream, "a") == [2, 3, 4, 5]
+    assert drain(stream, "a", batch=2) == [2, 3]
     outcome = stream.reset("a")
-    assert (outcome.rewound, outcome.position) == (False, 6)
-    assert stream.take("a", 1) is None
-    assert stream.take("b", 1) is None
+    assert (outcome.rewound, outcome.position) == (False, 4)
+    # It joins as a newcomer, at 0 batches; what is left brings it up to 1.
+    assert stream.take("a", 2) == [4, 5]
+    assert stream.take("a", 2) is None
+    assert stream.take("b", 2) is None
 
 
 def test_a_probe_in_flight_keeps_others_from_rewinding_under_it() -> None:
@@ -315,7 +327,8 @@ def test_a_probe_in_flight_keeps_others_from_rewinding_under_it() -> None:
     assert not stream.reset("other").rewound  # so 0 is not served twice
     outcome = stream.reset("worker")
     assert (outcome.rewound, outcome.returned) == (False, 1)
-    assert drain(stream, "other") == list(range(6))
+    assert drain(stream, "other", batch=3) == [0, 1, 2]
+    assert drain(stream, "worker", batch=3) == [3, 4, 5]
 
 
 def test_a_rewind_drops_indices_given_back_in_the_pass_before() -> None:
@@ -380,7 +393,8 @@ def test_peek_shows_exactly_what_the_next_take_hands_out() -> None:
         count = rng.randint(1, 40)
         expected = stream.peek(count)
         assert stream.peek(count) == expected  # peeking takes nothing
-        assert (stream.take("c", count) or []) == expected
+        got = stream.take("c", count)
+        assert got is None or got == expected
 
 
 # -- status ------------------------------------------------------------------------
@@ -419,6 +433,7 @@ def test_status_reports_the_stream() -> None:
     assert status["validation_ids"] == 3
     assert status["validation_ids_received"] == 5
     assert status["returned_to_front"] == 1
+    stream.disconnect("a")  # b is alone in the pass: it gets everything left
     assert len(drain(stream, "b")) == status["remaining_iterations"]
     assert stream.status()["remaining_iterations"] == 0
 
@@ -439,10 +454,12 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
 
     A model of the rules (not of the code) follows along: who is in the pass,
     what each connection took before its first reset, what has been served
-    since the last rewind. Checked after every step: the rewind-or-join
-    decision, the give-back, no index twice between rewinds, no validation
-    id ever, and, when a pass ends with the validation ids unchanged
-    throughout, that it served every other index exactly once.
+    since the last rewind, who was told its pass is over. Checked after
+    every step: the rewind-or-join decision, the give-back, no index twice
+    between rewinds, no validation id ever, once told always told until its
+    own reset, full batches unless alone in the pass, and, while the
+    validation ids are unchanged since the rewind, that every other index
+    is either served once or still to come (none lost).
     """
     rng = random.Random(seed)
     size = rng.choice([40, 120, 300])
@@ -453,6 +470,7 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
     in_pass: set[str] = set()
     first_batch: dict[str, list[int]] = {}  # not reset, taken at most once
     open_conns: list[str] = []
+    over: set[str] = set()  # told None; stays so until its own reset
     clean_pass = True  # validation ids unchanged since the last rewind
     names = iter(f"c{i}" for i in range(10**6))
 
@@ -468,8 +486,10 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
             stream.disconnect(conn)
             in_pass.discard(conn)
             first_batch.pop(conn, None)
+            over.discard(conn)
         elif op < 0.25:
             conn = rng.choice(open_conns)
+            over.discard(conn)
             outcome = stream.reset(conn)
             last = first_batch.pop(conn, None) or []  # its one batch, if any
             assert outcome.rewound == (not in_pass - {conn})
@@ -493,14 +513,17 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
             conn = rng.choice(open_conns)
             count = rng.choice([1, 1, 2, 5, 16])
             assert stream.peek(count) == (expected := stream.peek(count))
+            alone = not in_pass - {conn}
             got = stream.take(conn, count)
-            assert (got or []) == expected
+            assert got is None or got == expected
+            if conn in over:
+                assert got is None, f"{conn} was told its pass is over"
             if got is None:
                 in_pass.discard(conn)
                 first_batch.pop(conn, None)  # a take answered "terminate"
-                if clean_pass:
-                    assert sorted(served) == sorted(set(range(size)) - validation)
+                over.add(conn)
                 continue
+            assert alone or len(got) == count, "a short batch while not alone"
             in_pass.add(conn)
             if conn in first_batch:
                 if first_batch[conn]:
@@ -518,3 +541,6 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
         assert status["open_connections"] == len(open_conns)
         assert status["connections_in_pass"] == len(in_pass)
         assert status["samples_served_in_pass"] == len(served) - len(given_back)
+        if clean_pass:
+            to_come = status["remaining_iterations"]
+            assert len(served) - len(given_back) + to_come == size - len(validation)
