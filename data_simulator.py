@@ -438,10 +438,10 @@ class SampleStream:
        (every GPU rank of a run sends it) changes nothing. A *different* set
        while connections are mid-pass is accepted too, with a warning: it is
        a second training run sharing this server and this pass.
-    3. A connection is *in the pass* from when it takes data, or joins by a
-       reset (rule 4), until it is told its pass is over (`take` returns
-       None), closes, or the stream is rewound. Once told, every `take` of it
-       returns None until its own next reset.
+    3. A connection is *in the pass* from when it takes data or resets
+       (rule 4), until it is told its pass is over (`take` returns None),
+       closes, or another connection rewinds the stream. Once told, every
+       `take` of it returns None until its own next reset.
     4. `reset` rewinds to index 0 only when no *other* connection is in the
        pass; otherwise the requester joins the pass in progress. If a
        connection's first reset joins, and its one request for data before
@@ -568,8 +568,14 @@ class SampleStream:
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
         self.connect(conn)
+        # Rule 7 counts a first take before the first reset (maybe EIR's
+        # probe, given back by rule 4) only once a second take confirms it.
+        first = self._before_first_reset.get(conn, ())
+        probe, confirmed = first is None, int(bool(first))
+        if not probe:
+            self._largest_batch = max(self._largest_batch, count)
         if conn not in self._over and self.num_samples is not None:
-            count = self._balanced_count(conn, count)
+            count = self._balanced_count(conn, count, probe, confirmed)
         if conn in self._over or not count:
             return self._pass_over_for(conn)
         # The front never holds a validation id: `reset` and
@@ -590,15 +596,14 @@ class SampleStream:
                     wanted -= 1
                 cursor += 1
         self._cursor = cursor
-        if conn in self._before_first_reset:
-            if self._before_first_reset[conn] is None:
-                self._before_first_reset[conn] = tuple(out)  # maybe a probe
-            else:  # a second take: not a probe
-                del self._before_first_reset[conn]
+        if probe:
+            self._before_first_reset[conn] = tuple(out)
+            self._level.setdefault(conn, 0)
+        else:
+            self._before_first_reset.pop(conn, None)  # a second take: no probe
+            self._batch_size[conn] = count
+            self._level[conn] = self._level.get(conn, 0) + confirmed + 1
         self._in_pass.add(conn)
-        self._level[conn] = self._level.get(conn, 0) + 1
-        self._batch_size[conn] = count
-        self._largest_batch = max(self._largest_batch, count)
         self._served_in_pass += len(out)
         self._served_total += len(out)
         return out
@@ -624,40 +629,55 @@ class SampleStream:
             if have < level
         )
 
-    def _balanced_count(self, conn: Hashable, count: int) -> int:
+    def _balanced_count(
+        self, conn: Hashable, count: int, probe: bool, confirmed: int
+    ) -> int:
         """How many indices rule 7 lets `conn` take now: `count`, or fewer
         (the tail, for a connection alone in the pass), or 0 (none: its pass
-        is over). Fixes the final level at the first refused leader."""
+        is over). Fixes the final level at the first refused leader.
+
+        `probe`: this may be EIR's probe, which does not count (its reset
+        decides whether the connection can be brought level, rule 7b).
+        `confirmed`: 1 if this take confirms that its first one was no probe.
+        """
         left = self.remaining() or 0
-        level = self._level.get(conn, 0)
+        level = self._level.get(conn, 0) + confirmed
         top = max(self._level.values(), default=0)
         final = self._final_level
-        target = max(top, level + 1) if final is None else final
-        if level < target:
-            levels = {**self._level, conn: level + 1}
-            sizes = {**self._batch_size, conn: count}
-            if left - count >= self._deficit(target, levels, sizes):
-                return count
+        levels, sizes = dict(self._level), dict(self._batch_size)
+        if probe:  # takes nothing from the others' share, counts for nothing
+            levels.pop(conn, None)
+            target = top if final is None else final
+        else:
+            levels[conn], sizes[conn] = level + 1, count
+            target = max(top, level + 1) if final is None else final
+        if (final is None or level < final) and left - count >= self._deficit(
+            target, levels, sizes
+        ):
+            return count
         others = self._in_pass - {conn}
         if final is None and not others and left:
             return min(count, left)  # rule 7d
+        if probe:
+            return 0
         if final is None and level >= top:  # a leader: the pass ends here (7a)
-            self._final_level = top
-            levels = {**self._level, conn: level}
-            sizes = {**self._batch_size, conn: count}
+            self._final_level = level
+            levels[conn] = level
             guess = max(self._largest_batch, count)
-            owed = self._deficit(top, levels, sizes)
+            probing = sum(  # samples a probe holds come back when it joins
+                len(b or ()) for c, b in self._before_first_reset.items() if c in levels
+            )
             logger.info(
                 "pass over at %d full batch(es) per connection for the %d "
                 "connection(s) in it: %d sample(s) left unserved in this "
                 "pass, fewer than one more batch for each (%d), which would "
                 "put GPU ranks out of step",
-                top,
+                level,
                 len(levels),
-                left - owed,
+                max(left + probing - self._deficit(level, levels, sizes), 0),
                 sum(sizes.get(c, guess) for c in levels),
             )
-        elif level < target and others:  # behind, and cannot catch up (7b, 7c)
+        elif final is None or level < final:  # behind, cannot catch up (7b, 7c)
             logger.info(
                 "conn#%s at %d batch(es) cannot be brought up to the others' "
                 "%d with the %d sample(s) left: it gets no more data in this "
@@ -692,10 +712,10 @@ class SampleStream:
         if not others_in_pass:
             self._cursor = 0
             self._front.clear()
-            self._in_pass.clear()
+            self._in_pass = {conn}  # it reads this pass from its start
             for other in self._before_first_reset:  # (none has a batch: rule 4)
                 self._before_first_reset[other] = None
-            self._level.clear()
+            self._level = {conn: 0}
             self._batch_size.clear()
             self._final_level = None
             self._largest_batch = 0
@@ -706,9 +726,6 @@ class SampleStream:
         self._front.extendleft(reversed(returned))
         self._served_in_pass -= len(returned)
         self._in_pass.add(conn)
-        if probe_batch is not None:  # its first take was a probe: not counted
-            self._level[conn] -= 1
-            del self._batch_size[conn]
         self._admit(conn)
         return ResetOutcome(
             rewound=False, position=self._cursor, returned=len(returned)
