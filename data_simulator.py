@@ -457,9 +457,11 @@ class SampleStream:
        that asked, and nobody else.
     7. A bounded pass ends level, because GPU ranks training together must
        all run the same number of steps. Each connection in the pass has a
-       *level*, the batches it was served since it joined the pass (a batch
-       given back by rule 4 does not count), and a batch size, the count of
-       its last take (until it takes, the largest batch size in the pass).
+       *level*, the batches it was served since it joined the pass, and a
+       batch size, the count of its last take (until it has one, the
+       largest asked for in the pass). A first take before the first reset
+       may be EIR's probe, given back by rule 4: it counts only once a
+       second take shows it was not, and takes nothing from the others.
        The *deficit* of a level is what it takes to bring every connection
        below it up to it. A take is served, in full, only if what is left
        after it covers the deficit of the level it reaches, or of the

@@ -151,17 +151,12 @@ def test_eirtrain_runs_the_configs_to_the_end_of_a_bounded_stream(tmp_path):
 DDP_MAX_ITERATIONS = 800
 DDP_SETUP = 400
 DDP_VALID = 50
-DDP_SAMPLE_INTERVAL = 8
 DDP_SHRINK = deep_merge(
     SMOKE_SHRINK,
     {
         "global": {
             "basic_experiment": {"valid_size": DDP_VALID},
             "data_preparation": {"streaming_setup_samples": DDP_SETUP},
-            "evaluation_checkpoint": {
-                "sample_interval": DDP_SAMPLE_INTERVAL,
-                "checkpoint_interval": DDP_SAMPLE_INTERVAL,
-            },
             "accelerator": {"hardware": "cpu", "strategy": "ddp", "devices": 2},
         }
     },
@@ -173,9 +168,14 @@ PASS_OVER = re.compile(
 )
 
 
-@pytest.mark.parametrize("dataloader_workers", [0, 2])
+# eir-dl validates on rank 0 only, and its validation runs collectives: a run
+# whose last step is a validation step dies at the end (README, Several GPUs).
+# Steps per rank here: 11 with no workers, 10 with two. With workers, each
+# validation also starts new worker processes (tens of seconds on a loaded
+# 2-core machine), so that run does not validate.
+@pytest.mark.parametrize(("dataloader_workers", "sample_interval"), [(0, 8), (2, 1000)])
 def test_eirtrain_on_two_ranks_ends_every_rank_at_the_same_step(
-    tmp_path, dataloader_workers
+    tmp_path, dataloader_workers, sample_interval
 ):
     """Two ranks, each with max(1, dataloader_workers) training connections
     sharing one bounded pass (with 2 workers this is also the test that
@@ -186,7 +186,12 @@ def test_eirtrain_on_two_ranks_ends_every_rank_at_the_same_step(
         "dataloader_workers": dataloader_workers,
         "manual_valid_ids_file": str(ids_file),
     }
-    shrink = deep_merge(DDP_SHRINK, {"global": {"basic_experiment": basic}})
+    interval = {"sample_interval": sample_interval}
+    interval["checkpoint_interval"] = sample_interval
+    shrink = deep_merge(
+        DDP_SHRINK,
+        {"global": {"basic_experiment": basic, "evaluation_checkpoint": interval}},
+    )
     command = streamer_command(
         "--port", "0", "--max-iterations", str(DDP_MAX_ITERATIONS), "--workers", "1"
     )
@@ -223,12 +228,12 @@ def test_eirtrain_on_two_ranks_ends_every_rank_at_the_same_step(
     assert len(levels) == 1, f"unequal full batches per connection: {full_batches}"
     [level] = levels
     assert level > 0, "no training data"
-    # Setup's probe, setup's reset, then one probe per training connection:
-    # the first of these rewinds, the others join (or rewind, if nobody had
-    # started yet), and none rewinds under a connection mid-pass.
+    # Setup's probe and setup's reset rewind; each training connection's
+    # probe reset joins the pass, or rewinds it if nobody is in it yet (then
+    # nothing has been served since the setup's rewind).
     resets = sum(c.requests.count("reset") for c in log.ordered())
     assert resets == 2 + len(trainers)
-    assert 3 <= status["rewinds"] <= resets
+    assert 2 <= status["rewinds"] <= resets
 
     delivered = log.training_deliveries()
     duplicates = [i for i, n in Counter(delivered).items() if n > 1]
@@ -243,7 +248,7 @@ def test_eirtrain_on_two_ranks_ends_every_rank_at_the_same_step(
     # Every rank ran (workers x level) steps; rank 0 logs its own, in chunks
     # of sample_interval // 2 iterations.
     steps = max(1, dataloader_workers) * level
-    chunk = DDP_SAMPLE_INTERVAL // 2
+    chunk = sample_interval // 2
     assert steps - chunk < last_logged_iteration(run.output_folder) <= steps
     print(
         f"ddp workers={dataloader_workers}: {run.seconds:.0f} s, {steps} steps per "
