@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import logging
 import os
 import pkgutil
 import random
@@ -36,6 +37,8 @@ from itertools import filterfalse, islice
 from typing import Any, Protocol, runtime_checkable
 
 from single_sample_simulation import simulate_sample
+
+logger = logging.getLogger("data_simulator")
 
 SAMPLE_ID_PREFIX = "sample_"
 _SAMPLE_ID = re.compile(r"sample_(0|[1-9][0-9]*)")
@@ -435,10 +438,14 @@ class SampleStream:
        many connections there are, except the ones given back by rule 4.
     2. Validation ids are never handed out. After `set_validation_ids`, their
        indices are skipped by every later `take`, across rewinds, until the
-       next `set_validation_ids` replaces the whole set.
-    3. A connection is *in the pass* from when it takes data, or joins by a
-       reset (rule 4), until it is told the stream is exhausted (`take`
-       returns None), closes, or the stream is rewound.
+       next `set_validation_ids` replaces the whole set. The same set again
+       (every GPU rank of a run sends it) changes nothing. A *different* set
+       while connections are mid-pass is accepted too, with a warning: it is
+       a second training run sharing this server and this pass.
+    3. A connection is *in the pass* from when it takes data or resets
+       (rule 4), until it is told its pass is over (`take` returns None),
+       closes, or another connection rewinds the stream. Once told, every
+       `take` of it returns None until its own next reset.
     4. `reset` rewinds to index 0 only when no *other* connection is in the
        pass; otherwise the requester joins the pass in progress. If a
        connection's first reset joins, and its one request for data before
@@ -452,6 +459,32 @@ class SampleStream:
        rewinds, whatever that connection had taken.
     6. The stream never talks to anyone: the caller answers the connection
        that asked, and nobody else.
+    7. A bounded pass ends level, because GPU ranks training together must
+       all run the same number of steps. Each connection in the pass has a
+       *level*, the batches it was served since it joined the pass, and a
+       batch size, the count of its last take (until it has one, the
+       largest asked for in the pass). A first take before the first reset
+       may be EIR's probe, given back by rule 4: it counts only once a
+       second take shows it was not, and takes nothing from the others.
+       The *deficit* of a level is what it takes to bring every connection
+       below it up to it. A take is served, in full, only if what is left
+       after it covers the deficit of the level it reaches, or of the
+       leaders' level for a connection behind them. So:
+       a. Whoever is behind can always catch up. The first take by a leader
+          that cannot be served fixes the pass's *final level* at the
+          leaders' level: from then on only connections below it are
+          served, up to it, and every other take returns None. What is left
+          over, fewer samples than one more batch for every connection in
+          the pass, is not served in this pass; one INFO line says how many.
+       b. A connection that joins behind the others (a rank that starts
+          late) is brought up to their level if what is left covers it;
+          otherwise it sits this pass out (its takes return None, one INFO
+          line) and the others go on as if it had not come.
+       c. Closing frees the closer's share. A connection that grows its
+          batch size near the end may be cut short (EIR never does that).
+       d. A connection alone in the pass is served the last samples as a
+          short batch: there is nobody to keep in step with.
+       An unbounded stream never ends a pass, so rule 7 never refuses it.
 
     `peek` shows what the next takes would hand out, without taking it.
     Connections are any hashable keys. The state is a handful of integers
@@ -488,6 +521,14 @@ class SampleStream:
         # Connections that have not reset yet and have taken at most once ->
         # the batch they took (None: nothing yet). See rule 4.
         self._before_first_reset: dict[Hashable, tuple[int, ...] | None] = {}
+        # Rule 7: level and batch size of each connection in the pass that
+        # can still be served, the final level once fixed, and the
+        # connections told their pass is over (until their own reset).
+        self._level: dict[Hashable, int] = {}
+        self._batch_size: dict[Hashable, int] = {}
+        self._final_level: int | None = None
+        self._largest_batch = 0  # the largest take of this pass
+        self._over: set[Hashable] = set()
         self._served_in_pass = 0
         self._served_total = 0
         self._rewinds = 0
@@ -520,13 +561,29 @@ class SampleStream:
         self._open.discard(conn)
         self._in_pass.discard(conn)
         self._before_first_reset.pop(conn, None)
+        self._level.pop(conn, None)
+        self._batch_size.pop(conn, None)
+        self._over.discard(conn)
 
     # -- the stream --------------------------------------------------------
     def take(self, conn: Hashable, count: int) -> list[int] | None:
-        """Up to `count` next indices for `conn`; None once the stream is exhausted."""
+        """The next `count` indices for `conn`; None once its pass is over.
+
+        In a bounded pass a batch is cut short only for a connection alone
+        in the pass (rule 7d)."""
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
         self.connect(conn)
+        # Rule 7 counts a first take before the first reset (maybe EIR's
+        # probe, given back by rule 4) only once a second take confirms it.
+        first = self._before_first_reset.get(conn, ())
+        probe, confirmed = first is None, int(bool(first))
+        if not probe:
+            self._largest_batch = max(self._largest_batch, count)
+        if conn not in self._over and self.num_samples is not None:
+            count = self._balanced_count(conn, count, probe, confirmed)
+        if conn in self._over or not count:
+            return self._pass_over_for(conn)
         # The front never holds a validation id: `reset` and
         # `set_validation_ids` leave them out.
         front = self._front
@@ -545,18 +602,98 @@ class SampleStream:
                     wanted -= 1
                 cursor += 1
         self._cursor = cursor
-        if conn in self._before_first_reset:
-            if out and self._before_first_reset[conn] is None:
-                self._before_first_reset[conn] = tuple(out)  # maybe a probe
-            else:  # a second take (or "terminate"): not a probe
-                del self._before_first_reset[conn]
-        if not out:
-            self._in_pass.discard(conn)  # told "terminate": its pass is over
-            return None
+        if probe:
+            self._before_first_reset[conn] = tuple(out)
+            self._level.setdefault(conn, 0)
+        else:
+            self._before_first_reset.pop(conn, None)  # a second take: no probe
+            self._batch_size[conn] = count
+            self._level[conn] = self._level.get(conn, 0) + confirmed + 1
         self._in_pass.add(conn)
         self._served_in_pass += len(out)
         self._served_total += len(out)
         return out
+
+    def _pass_over_for(self, conn: Hashable) -> None:
+        """Tell `conn` its pass is over (rule 3): None now and until its reset."""
+        self._over.add(conn)
+        self._in_pass.discard(conn)
+        self._before_first_reset.pop(conn, None)
+        self._level.pop(conn, None)
+        self._batch_size.pop(conn, None)
+        return None
+
+    def _deficit(
+        self, level: int, levels: dict[Hashable, int], sizes: dict[Hashable, int]
+    ) -> int:
+        """Samples needed to bring every connection in `levels` up to `level`;
+        a connection of unknown batch size counts with the pass's largest."""
+        guess = max(self._largest_batch, max(sizes.values(), default=0))
+        return sum(
+            (level - have) * sizes.get(conn, guess)
+            for conn, have in levels.items()
+            if have < level
+        )
+
+    def _balanced_count(
+        self, conn: Hashable, count: int, probe: bool, confirmed: int
+    ) -> int:
+        """How many indices rule 7 lets `conn` take now: `count`, or fewer
+        (the tail, for a connection alone in the pass), or 0 (none: its pass
+        is over). Fixes the final level at the first refused leader.
+
+        `probe`: this may be EIR's probe, which does not count (its reset
+        decides whether the connection can be brought level, rule 7b).
+        `confirmed`: 1 if this take confirms that its first one was no probe.
+        """
+        left = self.remaining() or 0
+        level = self._level.get(conn, 0) + confirmed
+        top = max(self._level.values(), default=0)
+        final = self._final_level
+        levels, sizes = dict(self._level), dict(self._batch_size)
+        if probe:  # takes nothing from the others' share, counts for nothing
+            levels.pop(conn, None)
+            target = top if final is None else final
+        else:
+            levels[conn], sizes[conn] = level + 1, count
+            target = max(top, level + 1) if final is None else final
+        if (final is None or level < final) and left - count >= self._deficit(
+            target, levels, sizes
+        ):
+            return count
+        others = self._in_pass - {conn}
+        if final is None and not others and left:
+            return min(count, left)  # rule 7d
+        if probe:
+            return 0
+        if final is None and level >= top:  # a leader: the pass ends here (7a)
+            self._final_level = level
+            levels[conn] = level
+            guess = max(self._largest_batch, count)
+            probing = sum(  # samples a probe holds come back when it joins
+                len(b or ()) for c, b in self._before_first_reset.items() if c in levels
+            )
+            logger.info(
+                "pass over at %d full batch(es) per connection for the %d "
+                "connection(s) in it: %d sample(s) left unserved in this "
+                "pass, fewer than one more batch for each (%d), which would "
+                "put GPU ranks out of step",
+                level,
+                len(levels),
+                max(left + probing - self._deficit(level, levels, sizes), 0),
+                sum(sizes.get(c, guess) for c in levels),
+            )
+        elif final is None or level < final:  # behind, cannot catch up (7b, 7c)
+            logger.info(
+                "conn#%s at %d batch(es) cannot be brought up to the others' "
+                "%d with the %d sample(s) left: it gets no more data in this "
+                "pass (joined too late, or grew its batch size)",
+                conn,
+                level,
+                target,
+                left,
+            )
+        return 0
 
     def peek(self, count: int) -> list[int]:
         """The indices the next `take` calls would hand out, without taking them."""
@@ -573,16 +710,21 @@ class SampleStream:
         return out
 
     def reset(self, conn: Hashable) -> ResetOutcome:
-        """Rewind for `conn`, or let it join the pass others are in (rule 4)."""
+        """Rewind for `conn`, or let it join the pass others are in (rules 4, 7b)."""
         self.connect(conn)
+        self._over.discard(conn)
         probe_batch = self._before_first_reset.pop(conn, None)
         others_in_pass = len(self._in_pass) - (conn in self._in_pass)
         if not others_in_pass:
             self._cursor = 0
             self._front.clear()
-            self._in_pass.clear()
+            self._in_pass = {conn}  # it reads this pass from its start
             for other in self._before_first_reset:  # (none has a batch: rule 4)
                 self._before_first_reset[other] = None
+            self._level = {conn: 0}
+            self._batch_size.clear()
+            self._final_level = None
+            self._largest_batch = 0
             self._served_in_pass = 0
             self._rewinds += 1
             return ResetOutcome(rewound=True, position=0, returned=0)
@@ -590,9 +732,36 @@ class SampleStream:
         self._front.extendleft(reversed(returned))
         self._served_in_pass -= len(returned)
         self._in_pass.add(conn)
+        self._admit(conn)
         return ResetOutcome(
             rewound=False, position=self._cursor, returned=len(returned)
         )
+
+    def _admit(self, conn: Hashable) -> None:
+        """Rule 7b for a connection joining by reset: it counts from where it
+        is (0 for a newcomer) if what is left can bring it up to the others."""
+        level = self._level.setdefault(conn, 0)
+        if self.num_samples is None:
+            return
+        final = self._final_level
+        target = max(self._level.values()) if final is None else final
+        left = self.remaining() or 0
+        if (
+            level >= target
+            or self._deficit(target, self._level, self._batch_size) <= left
+        ):
+            return
+        logger.info(
+            "conn#%s joined a pass whose connections are at %d batch(es); "
+            "the %d sample(s) left cannot bring it up to them, so it gets no "
+            "data in this pass",
+            conn,
+            target,
+            left,
+        )
+        self._over.add(conn)  # told at its next take; in the pass until then
+        self._level.pop(conn)
+        self._batch_size.pop(conn, None)
 
     def set_validation_ids(self, ids: Sequence[str]) -> tuple[int, int]:
         """Replace the set of ids never to serve. Returns (ids received,
@@ -603,6 +772,16 @@ class SampleStream:
         end = self.num_samples  # a source's mapping may name indices out of range
         if skip and (min(skip) < 0 or (end is not None and max(skip) >= end)):
             skip = {i for i in skip if i >= 0 and (end is None or i < end)}
+        if self._validation_ids_set and self._in_pass and skip != self._skip:
+            logger.warning(
+                "validation ids replaced by a different set (%d ids, %d before) "
+                "while %d connection(s) are mid-pass: a second training run is "
+                "sharing this server, and its samples and ids mix with the "
+                "first run's. Start one server per training run",
+                len(skip),
+                len(self._skip),
+                len(self._in_pass),
+            )
         self._skip = skip
         self._skip_sorted = None
         if skip and self._front:

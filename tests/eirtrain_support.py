@@ -12,7 +12,8 @@ server's command line and the settings to shrink, and it
   (`generated_samples`, `last_logged_iteration`),
 * asks the server for its `status` and reads what our server logs at DEBUG
   level (`parse_stream_log`): every request, the stream indices of every
-  `data` reply, the validation indices and `terminate`.
+  `data` reply, the validation indices and `terminate`, and the stream's own
+  lines (the end of a pass).
 
 eirtrain is looked up in $EIR_ENV_DIR/bin (default /tmp/eirenv), then on PATH;
 tests skip with `requires_eirtrain` when it is absent.
@@ -369,6 +370,7 @@ class ConnectionLog:
     requests: list[str] = field(default_factory=list)
     batches: list[list[int]] = field(default_factory=list)  # every data reply
     after_reset: list[int] = field(default_factory=list)  # data after a reset
+    batches_after_reset: list[list[int]] = field(default_factory=list)
     terminated: bool = False
     closed: str | None = None
 
@@ -377,14 +379,18 @@ class ConnectionLog:
 class StreamLog:
     connections: dict[int, ConnectionLog]
     validation_indices: set[int] | None
-    validation_connection: int | None
+    validation_connection: int | None  # the last to set validation ids
+    validation_connections: list[int] = field(default_factory=list)
+    stream_lines: list[str] = field(default_factory=list)  # data_simulator's
 
     def ordered(self) -> list[ConnectionLog]:
         return [self.connections[i] for i in sorted(self.connections)]
 
     def training_connections(self) -> list[ConnectionLog]:
-        """Connections opened after the validation ids were set that fetched data."""
-        after = self.validation_connection or 0
+        """Connections opened after the validation ids were first set that
+        fetched data. (Under DDP every other rank sends the ids again, maybe
+        after the first rank's training connections opened.)"""
+        after = min(self.validation_connections, default=0)
         return [c for c in self.ordered() if c.id > after and c.batches]
 
     def training_deliveries(self) -> list[int]:
@@ -394,14 +400,18 @@ class StreamLog:
 
 
 _CONN_LINE = re.compile(r"simulation_streamer: conn#(\d+)(?: \S+)?: (.*)$")
+_STREAM_LINE = re.compile(r" data_simulator: (.*)$")
 
 
 def parse_stream_log(text: str) -> StreamLog:
     """Read the connection story out of our server's log (needs DEBUG lines)."""
     connections: dict[int, ConnectionLog] = {}
     validation: set[int] | None = None
-    validation_conn: int | None = None
+    validation_conns: list[int] = []
+    stream_lines: list[str] = []
     for line in text.splitlines():
+        if stream_line := _STREAM_LINE.search(line):
+            stream_lines.append(stream_line.group(1))
         match = _CONN_LINE.search(line)
         if not match:
             continue
@@ -416,12 +426,19 @@ def parse_stream_log(text: str) -> StreamLog:
             conn.batches.append(indices)
             if "reset" in conn.requests:
                 conn.after_reset.extend(indices)
+                conn.batches_after_reset.append(indices)
         elif event.startswith("validation ids skip indices"):
             ranges = event.removeprefix("validation ids skip indices").strip()
             validation = set(parse_ranges(ranges))
-            validation_conn = conn_id
+            validation_conns.append(conn_id)
         elif event.startswith("stream exhausted"):
             conn.terminated = True
         elif event.startswith("closed"):
             conn.closed = event
-    return StreamLog(connections, validation, validation_conn)
+    return StreamLog(
+        connections,
+        validation,
+        validation_conns[-1] if validation_conns else None,
+        validation_conns,
+        stream_lines,
+    )

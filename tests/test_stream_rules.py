@@ -5,7 +5,11 @@ followed by `reset(conn)`; its training connection is the probe, then takes
 until `take` returns None (the server's "terminate").
 """
 
+import logging
 import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
@@ -49,9 +53,11 @@ def test_connections_share_one_cursor_and_no_index_is_served_twice() -> None:
     assert got["a"] == [0, 1, 6, 7, 12, 13]
     assert got["b"] == [2, 3, 8, 9, 14, 15]
     assert got["c"] == [4, 5, 10, 11, 16, 17]
-    assert stream.take("a", 5) == [18, 19]  # cut short at the end of the pass
-    assert stream.take("b", 5) is None
-    assert stream.take("b", 5) is None  # and stays exhausted until a rewind
+    # 18 and 19 are not one more batch for each of the three (rule 7)
+    assert stream.take("a", 2) is None
+    assert stream.take("b", 2) is None
+    assert stream.take("b", 2) is None  # and stays over until its reset
+    assert stream.remaining() == 2
 
 
 def test_take_rejects_a_count_below_one_and_changes_nothing() -> None:
@@ -262,8 +268,13 @@ def test_every_probe_of_workers_starting_together_is_given_back() -> None:
     assert sorted(p[0] for p in probes.values()) == list(range(8))
     outcomes = [stream.reset(w) for w in workers]
     assert not any(o.rewound for o in outcomes)  # joiners count as in the pass
-    served = [i for w in workers for i in drain(stream, w, batch=3)]
-    assert sorted(served) == list(range(40))
+    assert stream.remaining() == 40  # all eight probe samples are back
+    got = {w: drain(stream, w, batch=3) for w in workers}  # one after another
+    served = [i for w in workers for i in got[w]]
+    assert sorted(served) == sorted(set(served))
+    # 40 samples are one round of 8 x 3 and 16 over: one batch each (rule 7)
+    assert [len(got[w]) for w in workers] == [3] * 8
+    assert stream.remaining() == 16
 
 
 def test_a_joiner_holds_the_pass_open_until_it_is_told_terminate() -> None:
@@ -271,11 +282,14 @@ def test_a_joiner_holds_the_pass_open_until_it_is_told_terminate() -> None:
     stream.connect("a")
     stream.take("a", 4)
     assert not stream.reset("joiner").rewound  # joins a's pass, takes nothing yet
-    assert drain(stream, "a") == list(range(4, 10))
+    assert drain(stream, "a", batch=4) == []  # 6 left: the joiner is owed 4
     assert not stream.reset("c").rewound  # the joiner is still in the pass
-    assert stream.take("joiner", 5) is None
-    assert stream.take("c", 5) is None
-    assert stream.reset("d").rewound  # now nobody is: a new pass
+    assert stream.take("joiner", 4) == [4, 5, 6, 7]
+    assert stream.take("joiner", 4) is None
+    assert not stream.reset("d").rewound  # c is still in the pass
+    assert stream.take("c", 4) is None  # at 0, and the pass ended at 1
+    assert stream.take("d", 4) is None
+    assert stream.reset("e").rewound  # now nobody is: a new pass
 
 
 def test_terminate_ends_a_connections_pass() -> None:
@@ -301,11 +315,14 @@ def test_a_connection_told_terminate_joins_if_others_are_still_in_the_pass() -> 
     stream.connect("a")
     stream.connect("b")
     stream.take("b", 2)  # b is in the pass and has not been told terminate
-    assert drain(stream, "a") == [2, 3, 4, 5]
+    assert drain(stream, "a", batch=2) == [2, 3]
     outcome = stream.reset("a")
-    assert (outcome.rewound, outcome.position) == (False, 6)
-    assert stream.take("a", 1) is None
-    assert stream.take("b", 1) is None
+    assert (outcome.rewound, outcome.position) == (False, 4)
+    # It joins as a newcomer, at 0 batches, and 2 left cannot bring it up to
+    # 1 while b may still be owed its batch (its first may have been a probe).
+    assert stream.take("a", 2) is None
+    assert stream.take("b", 2) is None
+    assert stream.remaining() == 2
 
 
 def test_a_probe_in_flight_keeps_others_from_rewinding_under_it() -> None:
@@ -315,7 +332,8 @@ def test_a_probe_in_flight_keeps_others_from_rewinding_under_it() -> None:
     assert not stream.reset("other").rewound  # so 0 is not served twice
     outcome = stream.reset("worker")
     assert (outcome.rewound, outcome.returned) == (False, 1)
-    assert drain(stream, "other") == list(range(6))
+    assert drain(stream, "other", batch=3) == [0, 1, 2]
+    assert drain(stream, "worker", batch=3) == [3, 4, 5]
 
 
 def test_a_rewind_drops_indices_given_back_in_the_pass_before() -> None:
@@ -380,7 +398,8 @@ def test_peek_shows_exactly_what_the_next_take_hands_out() -> None:
         count = rng.randint(1, 40)
         expected = stream.peek(count)
         assert stream.peek(count) == expected  # peeking takes nothing
-        assert (stream.take("c", count) or []) == expected
+        got = stream.take("c", count)
+        assert got is None or got == expected
 
 
 # -- status ------------------------------------------------------------------------
@@ -419,6 +438,7 @@ def test_status_reports_the_stream() -> None:
     assert status["validation_ids"] == 3
     assert status["validation_ids_received"] == 5
     assert status["returned_to_front"] == 1
+    stream.disconnect("a")  # b is alone in the pass: it gets everything left
     assert len(drain(stream, "b")) == status["remaining_iterations"]
     assert stream.status()["remaining_iterations"] == 0
 
@@ -439,10 +459,12 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
 
     A model of the rules (not of the code) follows along: who is in the pass,
     what each connection took before its first reset, what has been served
-    since the last rewind. Checked after every step: the rewind-or-join
-    decision, the give-back, no index twice between rewinds, no validation
-    id ever, and, when a pass ends with the validation ids unchanged
-    throughout, that it served every other index exactly once.
+    since the last rewind, who was told its pass is over. Checked after
+    every step: the rewind-or-join decision, the give-back, no index twice
+    between rewinds, no validation id ever, once told always told until its
+    own reset, full batches unless alone in the pass, and, while the
+    validation ids are unchanged since the rewind, that every other index
+    is either served once or still to come (none lost).
     """
     rng = random.Random(seed)
     size = rng.choice([40, 120, 300])
@@ -453,6 +475,7 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
     in_pass: set[str] = set()
     first_batch: dict[str, list[int]] = {}  # not reset, taken at most once
     open_conns: list[str] = []
+    over: set[str] = set()  # told None; stays so until its own reset
     clean_pass = True  # validation ids unchanged since the last rewind
     names = iter(f"c{i}" for i in range(10**6))
 
@@ -468,15 +491,17 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
             stream.disconnect(conn)
             in_pass.discard(conn)
             first_batch.pop(conn, None)
+            over.discard(conn)
         elif op < 0.25:
             conn = rng.choice(open_conns)
+            over.discard(conn)
             outcome = stream.reset(conn)
             last = first_batch.pop(conn, None) or []  # its one batch, if any
             assert outcome.rewound == (not in_pass - {conn})
             if outcome.rewound:
                 served.clear()
                 given_back.clear()
-                in_pass.clear()
+                in_pass = {conn}  # the rewinder reads the new pass
                 first_batch = {c: [] for c in first_batch}
                 clean_pass = True
             else:
@@ -493,14 +518,17 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
             conn = rng.choice(open_conns)
             count = rng.choice([1, 1, 2, 5, 16])
             assert stream.peek(count) == (expected := stream.peek(count))
+            alone = not in_pass - {conn}
             got = stream.take(conn, count)
-            assert (got or []) == expected
+            assert got is None or got == expected
+            if conn in over:
+                assert got is None, f"{conn} was told its pass is over"
             if got is None:
                 in_pass.discard(conn)
                 first_batch.pop(conn, None)  # a take answered "terminate"
-                if clean_pass:
-                    assert sorted(served) == sorted(set(range(size)) - validation)
+                over.add(conn)
                 continue
+            assert alone or len(got) == count, "a short batch while not alone"
             in_pass.add(conn)
             if conn in first_batch:
                 if first_batch[conn]:
@@ -518,3 +546,382 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
         assert status["open_connections"] == len(open_conns)
         assert status["connections_in_pass"] == len(in_pass)
         assert status["samples_served_in_pass"] == len(served) - len(given_back)
+        if clean_pass:
+            to_come = status["remaining_iterations"]
+            assert len(served) - len(given_back) + to_come == size - len(validation)
+
+
+# -- rule 7: a bounded pass ends level ------------------------------------------
+# EIR under DDP: every rank opens max(1, dataloader_workers) training
+# connections, each runs the probe (take 1, reset) and then takes batches of
+# its batch size until told the pass is over. Every rank must run the same
+# number of steps, so every connection must end with the same number of full
+# batches.
+@dataclass
+class Trainer:
+    """One EIR training connection, as the tests below drive it."""
+
+    name: str
+    batch: int
+    start_at: int = 0  # starts once some connection has this many batches
+    leave_after: int | None = None  # closes after this many batches
+    state: str = "waiting"  # -> probed -> training -> over | left | late
+    batches: list[list[int]] = field(default_factory=list)
+    behind_at_join: bool = False  # others had more batches when it joined
+    in_pass: bool = False  # rule 3, as this test expects it
+
+    def step(self, stream: SampleStream, trainers: list["Trainer"]) -> None:
+        """Its next message: start and probe, reset, or take one batch."""
+        if self.state == "waiting":
+            stream.connect(self.name)
+            # None if the pass is already over for newcomers
+            self.in_pass = stream.take(self.name, 1) is not None
+            self.state = "probed"
+        elif self.state == "probed":
+            in_pass = [t for t in trainers if t.in_pass and t is not self]
+            rewound = stream.reset(self.name).rewound
+            assert rewound == (not in_pass)  # rule 4
+            self.in_pass = True  # joined, or rewound for itself (rule 3)
+            self.behind_at_join = any(t.batches for t in trainers)
+            self.state = "training"
+            if rewound and any(t.batches or t.state == "over" for t in trainers):
+                # Everyone else was over: a new pass, not the one tested.
+                stream.disconnect(self.name)
+                self.state = "late"
+                self.in_pass = False
+        elif (
+            self.leave_after is not None
+            and len(self.batches) >= self.leave_after
+            and any(t.in_pass for t in trainers if t is not self)  # not the last
+        ):
+            stream.disconnect(self.name)
+            self.state = "left"
+            self.in_pass = False
+        else:
+            got = stream.take(self.name, self.batch)
+            self.in_pass = got is not None
+            if got is None:
+                self.state = "over"
+            else:
+                self.batches.append(got)
+
+
+def run_training(
+    stream: SampleStream,
+    trainers: list[Trainer],
+    rng: random.Random,
+    window: int | None = None,
+) -> None:
+    """Step the trainers in a random interleaving until none has more to do.
+
+    A trainer waits until some training connection has `start_at` batches
+    (and never starts once none is left training). With `window`, no
+    connection gets more than that many batches ahead of the slowest one
+    still training, as DDP's collectives keep ranks close (each connection
+    also has a request or two in flight)."""
+    for _ in range(10**6):
+        training = [len(t.batches) for t in trainers if t.state == "training"]
+        leaders = max(training, default=0)
+        slowest = min(training, default=0)
+        ready = [
+            t
+            for t in trainers
+            if (
+                t.state in ("probed", "training")
+                and (window is None or len(t.batches) < slowest + window)
+            )
+            or (
+                t.state == "waiting"
+                and t.start_at <= leaders
+                and (training or not t.start_at)
+            )
+        ]
+        if not ready:
+            assert all(t.state in ("over", "left", "waiting", "late") for t in trainers)
+            return
+        rng.choice(ready).step(stream, trainers)
+    raise AssertionError("the pass never ended")
+
+
+def check_level_end(
+    stream: SampleStream,
+    trainers: list[Trainer],
+    validation: set[int],
+    sat_out: set[str],
+    exact: bool = True,
+) -> int:
+    """Rule 7 (and 1, 2) after a training pass: returns the final level.
+
+    Every connection that trained to the end, except those that sat the pass
+    out, has the same number of batches, all full; no index twice, no
+    validation index. With `exact` (every batch size known early: EIR uses
+    one), and without connections that left or sat out, what is left is less
+    than one more batch for every connection that ended. (A batch size first
+    seen late is counted as the pass's largest until then, so with mixed
+    sizes more can be held back.)
+    """
+    served = [i for t in trainers for b in t.batches for i in b]
+    duplicates = sorted(i for i, n in Counter(served).items() if n > 1)
+    assert not duplicates, f"served twice: {duplicates[:10]}"
+    assert not validation & set(served), "a validation index was served"
+    ended = [t for t in trainers if t.state == "over" and t.name not in sat_out]
+    for t in trainers:  # only the last batch can be short (alone: rule 7d)
+        assert all(len(b) == t.batch for b in t.batches[:-1]), f"{t.name}: short"
+    levels = {t.name: sum(len(b) == t.batch for b in t.batches) for t in ended}
+    assert len(set(levels.values())) <= 1, f"unequal batch counts: {levels}"
+    for name in sat_out:
+        behind = next(t for t in trainers if t.name == name)
+        if behind.state != "late":
+            assert behind.behind_at_join or behind.batches, f"{name} sat out in step"
+    left = stream.remaining()
+    if exact and ended and not sat_out and all(t.state == "over" for t in trainers):
+        assert left < sum(t.batch for t in ended), f"{left} left unserved"
+    return next(iter(levels.values()), 0)
+
+
+def sat_out_of(records: list[logging.LogRecord]) -> set[str]:
+    pattern = re.compile(r"conn#(\S+) .*(cannot be brought up|gets no data)")
+    return {m.group(1) for r in records if (m := pattern.search(r.getMessage()))}
+
+
+def pass_over_lines(records: list[logging.LogRecord]) -> list[str]:
+    return [r.getMessage() for r in records if "pass over at" in r.getMessage()]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ranks_and_workers_end_a_pass_with_equal_full_batches(seed, caplog) -> None:
+    """2-4 ranks x 1-3 workers, one batch size, random interleavings, ranks
+    that start a few batches late: everyone is brought level, and fewer than
+    one more batch for everyone is left over."""
+    caplog.set_level(logging.INFO, logger="data_simulator")
+    rng = random.Random(seed)
+    batch = rng.choice([1, 3, 8, 32])
+    connections = rng.randint(2, 4) * rng.randint(1, 3)
+    size = rng.randint(6, 40) * connections * batch + rng.randrange(3 * batch)
+    validation = set(rng.sample(range(size), rng.randrange(size // 8)))
+    stream = SampleStream(size)
+    stream.set_validation_ids(ids(*validation))
+    trainers = [
+        Trainer(f"r{k}", batch, start_at=rng.choice([0, 0, 1, 2, 3]) if k else 0)
+        for k in range(connections)
+    ]
+    run_training(stream, trainers, rng, window=3)
+    level = check_level_end(stream, trainers, validation, set())
+    assert not sat_out_of(caplog.records)
+    left = stream.remaining()
+    assert level == (size - len(validation) - left) // (connections * batch)
+    [line] = pass_over_lines(caplog.records)
+    assert f"at {level} full batch(es) per connection" in line
+    assert f"{left} sample(s) left unserved" in line
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_mixed_batch_sizes_and_leavers_still_end_level(seed, caplog) -> None:
+    """Each connection its own batch size; some close early (their share is
+    freed): those that train to the end have equal full batches."""
+    caplog.set_level(logging.INFO, logger="data_simulator")
+    rng = random.Random(1000 + seed)
+    sizes = [rng.randint(1, 40) for _ in range(rng.randint(2, 7))]
+    size = rng.randint(8, 30) * sum(sizes)
+    stream = SampleStream(size)
+    trainers = [
+        Trainer(
+            f"c{k}",
+            b,
+            start_at=rng.choice([0, 0, 1, 2]) if k else 0,
+            leave_after=rng.choice([None, None, None, 1, 3]) if k else None,
+        )
+        for k, b in enumerate(sizes)
+    ]
+    run_training(stream, trainers, rng, window=3)
+    check_level_end(stream, trainers, set(), sat_out_of(caplog.records))
+    assert not sat_out_of(caplog.records)  # nobody started too late for this
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(0, 400),
+    sizes=st.lists(st.integers(1, 24), min_size=1, max_size=6),
+    start_at=st.lists(st.integers(0, 12), min_size=6, max_size=6),
+    rng=st.randoms(use_true_random=False),
+)
+def test_any_interleaving_ends_level_for_those_who_trained(
+    size: int, sizes: list[int], start_at: list[int], rng: random.Random
+) -> None:
+    """Any pass length, batch sizes and start times, even too late to catch
+    up: those that trained to the end have equal full batches, and one that
+    sat out had joined behind the others."""
+    stream = SampleStream(size)
+    trainers = [Trainer(f"c{k}", b, start_at[k]) for k, b in enumerate(sizes)]
+    handler = ListHandler()
+    log = logging.getLogger("data_simulator")
+    level, log.level = log.level, logging.INFO
+    log.addHandler(handler)
+    try:
+        run_training(stream, trainers, rng)
+    finally:
+        log.removeHandler(handler)
+        log.level = level
+    check_level_end(stream, trainers, set(), sat_out_of(handler.records), False)
+
+
+class ListHandler(logging.Handler):
+    """Collects records (hypothesis tests cannot use the caplog fixture)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def eir_probe(stream: SampleStream, conn: str) -> ResetOutcome:
+    """EIR's probe at the start of a training connection."""
+    stream.connect(conn)
+    stream.take(conn, 1)
+    return stream.reset(conn)
+
+
+def test_two_ranks_get_equal_batches_and_the_leftover_is_logged(caplog) -> None:
+    """The issue's run: 1,200 samples, 100 validation ids, two ranks with
+    batch 32, rank 0 a batch ahead (its request in flight): without rule 7
+    one rank got 22 batches and the other 21 and 24 samples."""
+    caplog.set_level(logging.INFO, logger="data_simulator")
+    stream = SampleStream(1200)
+    stream.set_validation_ids(ids(*range(0, 1000, 10)))
+    eir_probe(stream, "rank0")
+    eir_probe(stream, "rank1")
+    got: dict[str, list[list[int]]] = {"rank0": [], "rank1": []}
+    for conn in ["rank0", "rank0", *["rank1", "rank0"] * 40, *["rank1"] * 5]:
+        batch = stream.take(conn, 32)
+        if batch is not None:
+            got[conn].append(batch)
+    assert [len(got["rank0"]), len(got["rank1"])] == [17, 17]
+    assert all(len(b) == 32 for b in got["rank0"] + got["rank1"])
+    assert stream.remaining() == 1100 - 34 * 32 == 12
+    [line] = pass_over_lines(caplog.records)
+    assert "at 17 full batch(es) per connection for the 2 connection(s)" in line
+    assert "12 sample(s) left unserved" in line
+    assert "(64)" in line
+
+
+def test_a_rank_that_joins_behind_is_brought_up_to_the_others() -> None:
+    stream = SampleStream(200)
+    eir_probe(stream, "rank0")
+    first = [stream.take("rank0", 10) for _ in range(3)]  # rank0 at 3
+    outcome = eir_probe(stream, "rank1")  # its probe sample goes back
+    assert (outcome.rewound, outcome.returned) == (False, 1)
+    rank1 = drain(stream, "rank1", batch=10)  # it keeps rank0's share
+    assert len(rank1) == 10 * 10  # 3 to catch up, 7 more: rank0 is owed 70
+    rank0 = drain(stream, "rank0", batch=10)
+    assert rank0 == list(range(130, 200))  # 3 + 7 batches: 10 each
+    assert sorted([i for b in first for i in b] + rank1) == list(range(130))
+
+
+def test_a_rank_that_joins_too_late_sits_the_pass_out(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="data_simulator")
+    stream = SampleStream(100)
+    eir_probe(stream, "rank0")
+    assert stream.take("rank0", 32) == list(range(32))
+    assert stream.take("rank0", 32) == list(range(32, 64))
+    eir_probe(stream, "rank1")  # would need 64 of the 36 left
+    assert stream.take("rank1", 32) is None  # it sits this pass out ...
+    assert stream.take("rank0", 32) == list(range(64, 96))  # ... the other goes on
+    assert stream.take("rank0", 32) == [96, 97, 98, 99]  # alone now: the tail
+    assert stream.take("rank0", 32) is None
+    late = [r.getMessage() for r in caplog.records if "rank1" in r.getMessage()]
+    assert len(late) == 1 and "cannot bring it up" in late[0], late
+
+
+def test_closing_frees_the_closers_share() -> None:
+    for close in (False, True):
+        stream = SampleStream(50)
+        for conn in "abc":
+            eir_probe(stream, conn)
+        for conn in "abc":
+            assert stream.take(conn, 10) is not None  # 30 served, 20 left
+        if close:
+            stream.disconnect("c")
+        a, b = drain(stream, "a", batch=10), drain(stream, "b", batch=10)
+        assert (len(a), len(b)) == ((10, 10) if close else (0, 0))
+
+
+def test_a_connection_that_has_not_asked_yet_counts_with_the_largest_batch() -> None:
+    stream = SampleStream(40)
+    eir_probe(stream, "a")
+    assert stream.take("a", 8) is not None
+    eir_probe(stream, "b")  # joined, no getData yet: counted as 8 a batch
+    assert stream.take("a", 8) is not None  # a at 2, b owed 16 of 24
+    assert stream.take("a", 8) is None  # a third would leave b 8 short
+    assert len(drain(stream, "b", batch=8)) == 16
+
+
+def test_mixed_batch_sizes_end_at_the_same_count() -> None:
+    stream = SampleStream(100)
+    for conn in "ab":
+        eir_probe(stream, conn)
+    got = {"a": 0, "b": 0}
+    for conn, size in [("a", 10), ("b", 30)] * 5:
+        if stream.take(conn, size) is not None:
+            got[conn] += 1
+    assert got == {"a": 2, "b": 2}  # a third for a would leave b short
+    assert stream.remaining() == 100 - 80
+
+
+def test_told_once_told_until_its_own_reset() -> None:
+    stream = SampleStream(100)
+    for conn in "ab":
+        eir_probe(stream, conn)
+    assert stream.take("a", 40) is not None
+    assert stream.take("b", 40) is not None
+    assert stream.take("a", 40) is None  # 20 left: not a batch for both
+    stream.disconnect("b")
+    assert stream.take("a", 10) is None  # samples are left, but not for it
+    assert stream.reset("a").rewound  # alone: a new pass
+    assert stream.take("a", 10) == list(range(10))
+
+
+def test_an_unbounded_stream_never_ends_a_pass() -> None:
+    stream = SampleStream(None)
+    eir_probe(stream, "a")
+    for _ in range(50):
+        assert stream.take("a", 100) is not None
+    eir_probe(stream, "b")  # 50 batches behind: nothing to catch up to
+    assert stream.take("b", 7) is not None
+    assert stream.take("a", 1000) is not None
+
+
+def test_every_rank_sending_the_same_validation_ids_changes_nothing(caplog) -> None:
+    stream = SampleStream(300)
+    stream.set_validation_ids(ids(*range(0, 300, 3)))  # rank 0's setup
+    for conn in "ab":
+        eir_probe(stream, conn)
+    stream.take("a", 16)
+    stream.take("b", 16)
+    before, ahead = stream.status(), stream.peek(50)
+    assert stream.set_validation_ids(ids(*range(0, 300, 3))) == (100, 100)  # rank 1
+    assert stream.status() == before and stream.peek(50) == ahead
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_different_validation_set_mid_pass_warns_once_and_is_used(caplog) -> None:
+    stream = SampleStream(300)
+    stream.set_validation_ids(ids(1, 2))
+    eir_probe(stream, "trainer")
+    stream.take("trainer", 16)
+    stream.set_validation_ids(ids(3, 4, 5))  # a second run's setup
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "second training run" in warnings[0], warnings
+    assert "one server per training run" in warnings[0]
+    assert stream.validation_indices() == [3, 4, 5]  # accepted, as before
+
+
+def test_a_different_validation_set_between_runs_is_quiet(caplog) -> None:
+    stream = SampleStream(50)
+    stream.set_validation_ids(ids(1, 2))
+    eir_probe(stream, "trainer")
+    drain(stream, "trainer")
+    stream.disconnect("trainer")
+    stream.set_validation_ids(ids(3))  # the next run, nobody mid-pass
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
