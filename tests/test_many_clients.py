@@ -167,8 +167,12 @@ def assert_one_clean_pass(results: list[WorkerResult]) -> None:
     assert not VALIDATION & set(received), "validation ids were streamed"
     duplicates = len(received) - len(set(received))
     assert duplicates == 0, f"{duplicates} samples were served twice"
+    # Every client ends with the same number of full batches (SampleStream
+    # rule 7); fewer than one more batch for each is left unserved.
+    assert {len(r.training) for r in results} == {len(results[0].training)}
+    assert all(len(r.training) % BATCH == 0 for r in results)
     missing = set(range(STREAM)) - VALIDATION - set(received)
-    assert not missing, f"{len(missing)} samples never served, e.g. {min(missing)}"
+    assert len(missing) < len(results) * BATCH, f"{len(missing)} never served"
     assert all(r.probe_index not in VALIDATION for r in results)
     assert all(r.training for r in results), "a client got no training data"
 
@@ -188,8 +192,9 @@ def test_eight_eir_clients_share_one_pass(start_together: bool, workers: int) ->
         status = server.status()
         assert status["phase"] == "training"
         assert status["validation_ids"] == 500
-        assert status["remaining_iterations"] == 0
-        assert status["samples_served_in_pass"] == STREAM - 500
+        left = status["remaining_iterations"]
+        assert left < CLIENTS * BATCH
+        assert status["samples_served_in_pass"] == STREAM - 500 - left
 
 
 def test_a_client_joining_mid_pass_does_not_rewind_the_others() -> None:
@@ -214,7 +219,9 @@ def test_a_client_joining_mid_pass_does_not_rewind_the_others() -> None:
         rest = drain_together({"a": a, "b": b, "c": c})
         assert all(rest.values())  # all three shared the rest of the pass
         everything = got["a"] + got["b"] + [i for r in rest.values() for i in r]
-        assert sorted(everything) == list(range(200))
+        assert len(everything) == len(set(everything)) and max(everything) < 200
+        # at most one more batch (sizes up to 11) for each of the three is left
+        assert 200 - len(everything) < 3 * 11
         assert server.status()["rewinds"] == rewinds
         for client in (a, b, c):
             client.close()
@@ -238,7 +245,10 @@ def test_a_client_closing_mid_pass_does_not_rewind_the_others(how: str) -> None:
         rest = drain_together({"a": a, "b": b})
         assert all(rest.values())
         got += rest["a"] + rest["b"]
-        assert sorted(got) == list(range(300))  # the rest exactly once
+        assert len(got) == len(set(got)) and max(got) < 300  # none twice
+        # at most one more batch (sizes up to 11) for each of the two is left,
+        # and what the leaver had been owed
+        assert 300 - len(got) < 2 * 11 + 40
         assert server.status()["rewinds"] == rewinds
         a.close()
         b.close()
