@@ -250,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ceiling_command += ["--sequence-length", str(length)]
     ceiling_runs: list[Result] = []
     near_free_runs: list[Result] = []
+    in_thread_runs: list[Result] = []
     for round_ in rounds:
         step(f"ceiling: a server that generates nothing{round_}")
         ceiling_server = running_process(ceiling_command)
@@ -257,8 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         step(f"our server with the near-free source{round_}")
         pooled = ours(None, "--source", POOL_SOURCE)
         near_free_runs.append(stream(pooled, 1, batch, seconds))
+        step(f"our server with the near-free source, --workers 0{round_}")
+        in_thread = ours(0, "--source", POOL_SOURCE)
+        in_thread_runs.append(stream(in_thread, 1, batch, seconds))
     ceiling = best(ceiling_runs)[0]
     near_free = best(near_free_runs)[0]
+    near_free_in_thread = best(in_thread_runs)[0]
     load_after = os.getloadavg()
 
     def rate(value: float, ratio: float | None = None, of: str = "") -> str:
@@ -315,10 +320,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate(ceiling),
         ),
         row(
-            "our server, near-free source, 1 client",
+            "our server, near-free source, 1 client (default --workers)",
             rate(near_free, near_free / ceiling, "ceiling"),
             f">= {TARGET_CEILING}x ceiling",
             near_free >= TARGET_CEILING * ceiling,
+        ),
+        row(
+            "our server, near-free source, 1 client, --workers 0",
+            rate(near_free_in_thread, near_free_in_thread / ceiling, "ceiling"),
+            f">= {TARGET_CEILING}x ceiling",
+            near_free_in_thread >= TARGET_CEILING * ceiling,
         ),
     ]
     print()
@@ -352,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "status_p99_ms": status_p99,
                     "ceiling": ceiling,
                     "near_free": near_free,
+                    "near_free_workers_0": near_free_in_thread,
                     "load_before": load_before,
                     "load_after": load_after,
                 },
