@@ -61,8 +61,17 @@ def run_against_our_server(
         "manual_valid_ids_file": str(ids_file),
     }
     shrink = deep_merge(SMOKE_SHRINK, {"global": {"basic_experiment": basic}})
+    return train_against_our_server(tmp_path, shrink, MAX_ITERATIONS)
+
+
+def train_against_our_server(
+    tmp_path: Path, shrink: dict[str, Any], max_iterations: int
+) -> tuple[EirtrainRun, dict[str, Any], StreamLog]:
+    """eirtrain with the configs shrunk by `shrink` against our server bounded
+    to `max_iterations`: it must exit 0 in time. The run, the server's final
+    status and its parsed log."""
     command = streamer_command(
-        "--port", "0", "--max-iterations", str(MAX_ITERATIONS), "--workers", "1"
+        "--port", "0", "--max-iterations", str(max_iterations), "--workers", "1"
     )
     output_folder = tmp_path / "run"
     with server_process(command, tmp_path / "server.log") as server:
@@ -192,21 +201,7 @@ def test_eirtrain_on_two_ranks_ends_every_rank_at_the_same_step(
         DDP_SHRINK,
         {"global": {"basic_experiment": basic, "evaluation_checkpoint": interval}},
     )
-    command = streamer_command(
-        "--port", "0", "--max-iterations", str(DDP_MAX_ITERATIONS), "--workers", "1"
-    )
-    output_folder = tmp_path / "run"
-    with server_process(command, tmp_path / "server.log") as server:
-        configs = write_shrunk_configs(
-            CONFIGS, tmp_path / "configs", server.url, output_folder, shrink
-        )
-        run = run_eirtrain(
-            configs, output_folder, tmp_path / "eirtrain.log", EIRTRAIN_TIMEOUT
-        )
-        status = server.status()
-        log = parse_stream_log(server.log_text())
-    assert not run.timed_out, f"eirtrain ran over {EIRTRAIN_TIMEOUT} s:\n{run.tail()}"
-    assert run.returncode == 0, f"eirtrain exited {run.returncode}:\n{run.tail()}"
+    run, status, log = train_against_our_server(tmp_path, shrink, DDP_MAX_ITERATIONS)
     assert "Traceback" not in run.output(), run.tail(80)
 
     # Both ranks sent the same validation ids; neither rewound the pass.
