@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 EIR_ENV_DIR = Path(os.environ.get("EIR_ENV_DIR", "/tmp/eirenv"))
 
-# The shrink of tools/README.md: a run of about 25 s on 2 CPU cores against a
+# A shrink of the configs for a run of about 25 s on 2 CPU cores against a
 # server bounded to about 1200 samples. Keys: config file kind (the start of
 # the file name, as eirtrain-against.sh picks them), then nested YAML keys.
 SMOKE_SHRINK: dict[str, dict[str, Any]] = {
@@ -81,7 +81,8 @@ def eir_python(eirtrain: Path) -> str:
 requires_eirtrain = pytest.mark.skipif(
     find_eirtrain() is None,
     reason=f"eirtrain not installed: no {EIR_ENV_DIR}/bin/eirtrain (set EIR_ENV_DIR "
-    "or build it with tools/eir-client-setup.sh) and none on PATH",
+    "to a virtual environment with eir-dl 0.25.0; see the README, 'Tests against "
+    "the real client') and none on PATH",
 )
 
 

@@ -2,7 +2,7 @@
 
 Runs `eirtrain` (eir-dl 0.25.0) to its end and checks both sides: the run exits
 0 and writes generated HR traces; the server saw EIR's connection sequence of
-PROTOCOL.md, served every non-validation sample at most once for training
+docs/protocol.md, served every non-validation sample at most once for training
 (all of them to a single connection; with several, all but fewer than one
 more batch for each, which end level), never a validation one, and ended the
 pass with `terminate`. Two ranks under DDP (on CPU): every rank ends at the
@@ -120,7 +120,7 @@ def test_eirtrain_runs_the_configs_to_the_end_of_a_bounded_stream(tmp_path):
     assert all(path.read_text().split() for path in samples)
     assert "Received termination signal" in run.output()
 
-    # PROTOCOL.md's order of a real run, one connection each.
+    # docs/protocol.md, "What happens in a run, in order": one connection each.
     status_1, setup, reset, status_2, validation_ids, *training = log.ordered()
     assert status_1.requests == ["status"]
     assert setup.requests[:4] == PROBE
