@@ -1256,7 +1256,7 @@ class StreamServer:
 
     async def _report_progress(self, interval: float) -> None:
         """One INFO line every `interval` seconds while samples flow."""
-        last_total, last_time = self.stream.status()["samples_served_total"], 0.0
+        last_total = self.stream.status()["samples_served_total"]
         last_time = time.monotonic()
         while True:
             await asyncio.sleep(interval)
