@@ -304,16 +304,24 @@ def encode_samples(source: SampleSource, indices: Sequence[int]) -> list[str]:
     """
     fast = getattr(source, "samples_json", None)
     if fast is not None:
-        return list(fast(indices))
-    many = getattr(source, "samples", None)
-    samples = many(indices) if many else [source.sample(i) for i in indices]
-    return [json.dumps(s, separators=(",", ":")) for s in samples]
+        texts = list(fast(indices))
+    else:
+        many = getattr(source, "samples", None)
+        samples = many(indices) if many else [source.sample(i) for i in indices]
+        texts = [json.dumps(s, separators=(",", ":")) for s in samples]
+    if len(texts) != len(indices):
+        method = "samples_json" if fast is not None else "samples"
+        raise ValueError(
+            f"the source's {method} gave {len(texts)} samples for "
+            f"{len(indices)} indices"
+        )
+    return texts
 
 
-# What making a chunk gives back: each index's sample as UTF-8 JSON (None where
-# the source raised), for those indices the exception as one line of text, and
-# the seconds the making took (the server sizes its chunks by it).
-Chunk = tuple[list[bytes | None], dict[int, str], float]
+# What making a chunk gives back: each index's sample as UTF-8 JSON (empty
+# where the source raised), for those indices the exception as one line of
+# text, and the seconds the making took (the server sizes its chunks by it).
+Chunk = tuple[list[bytes], dict[int, str], float]
 
 
 def encode_chunk(source: SampleSource, indices: Sequence[int]) -> Chunk:
@@ -324,13 +332,13 @@ def encode_chunk(source: SampleSource, indices: Sequence[int]) -> Chunk:
         return samples, {}, time.perf_counter() - started
     except Exception:
         pass  # find the culprit(s): one index at a time
-    samples: list[bytes | None] = []
+    samples = []
     failures: dict[int, str] = {}
     for index in indices:
         try:
             samples.append(encode_samples(source, [index])[0].encode())
         except Exception as exc:
-            samples.append(None)
+            samples.append(b"")
             failures[index] = f"{type(exc).__name__}: {exc}"
     return samples, failures, time.perf_counter() - started
 

@@ -44,8 +44,8 @@ from concurrent.futures import (
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from itertools import chain, count, repeat
-from typing import Any, cast
+from itertools import count
+from typing import Any
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 from data_simulator import (
@@ -561,6 +561,11 @@ class LocalEngine:
             return
         logger.warning("a local worker process died unnoticed; ending its pool")
         self._terminate(processes)
+        self._end_result_read()
+
+    def _end_result_read(self) -> None:
+        """Close our write end of the pool's result pipe, so that a read
+        waiting for a result its (terminated) worker never finished ends."""
         results = getattr(self.executor, "_result_queue", None)
         with contextlib.suppress(Exception):
             results._writer.close()  # type: ignore[union-attr]
@@ -581,6 +586,9 @@ class LocalEngine:
         self._terminate(processes)
         if manager is not None:  # let it tear down its queues before we exit
             manager.join(1.0)
+            if manager.is_alive():  # reading a result cut off by terminate()
+                self._end_result_read()
+                manager.join(1.0)
 
 
 class DaskEngine:
@@ -716,33 +724,64 @@ def _zip_package(folder: str, name: str) -> str:
 
 
 class _Chunk:
-    """Indices made in one task, and (when done) their samples by index."""
+    """Indices made in one task and, once made, their samples in the same
+    order (b"" where the source raised)."""
 
-    __slots__ = ("attempts", "done", "indices", "samples")
+    __slots__ = (
+        "attempts",
+        "done",
+        "failed",
+        "first",
+        "indices",
+        "made",
+        "positions",
+        "samples",
+        "served",
+        "urgent",
+    )
 
-    def __init__(self, indices: list[int]) -> None:
+    def __init__(self, indices: list[int], urgent: bool = False) -> None:
         self.indices = indices
-        self.done: asyncio.Future[dict[int, bytes | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.attempts = 0
-        self.samples: dict[int, bytes | None] = {}
+        self.first = indices[0]
+        # Where an index sits in the chunk: index - first, for a range.
+        ranged = indices == list(range(self.first, self.first + len(indices)))
+        self.positions = None if ranged else {i: at for at, i in enumerate(indices)}
+        self.urgent = urgent  # made for a request that missed, not read ahead
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.attempts = self.served = 0
+        self.made = self.failed = False
+        self.samples: list[bytes] = []
+
+    def position(self, index: int) -> int:
+        return index - self.first if self.positions is None else self.positions[index]
+
+    def run(self, start: int, stop: int) -> list[bytes]:
+        """The samples at positions start..stop-1, those that were made."""
+        samples = self.samples[start:stop]
+        return [sample for sample in samples if sample] if self.failed else samples
+
+
+Run = tuple[_Chunk, int, int]  # positions start..stop-1 of a made chunk
+DATA_HEAD, DATA_TAIL = b'{"type":"data","payload":[', b"]}"
 
 
 class SampleProducer:
     """The `data` replies for stream indices, made by an engine's executor.
 
     `prefetch` keeps the stream's next `read_ahead` indices made or in the
-    making, so a request usually finds its samples ready and only joins
-    bytes. A sample depends on its index alone, so a sample made ahead stays
-    right whatever the stream does: after a rewind it is served when its index
-    comes round again. At most `max_in_flight` tasks are at the executor at a
-    time (the rest wait here, a request's own chunks first), and the
-    read-ahead holds at most 2 x read_ahead + `chunk` samples (oldest go
-    first). A task makes `chunk` samples, sized from the measured cost of a
-    sample so that a task takes about the engine's `task_seconds`: a cheap
-    source gets big tasks (each task costs the executor some fixed work), a
-    heavy one small tasks that spread over every worker.
+    making, in chunks; `_where` maps each of their indices to its chunk. A
+    request is usually a run of consecutive samples of one or two made
+    chunks, so its reply is a slice of each and no work per sample. A sample
+    depends on its index alone, so a sample made ahead stays right whatever
+    the stream does: after a rewind it is served when its index comes round
+    again. A chunk is let go once all its samples were served; the chunks
+    held have at most 2 x read_ahead + `chunk` samples (the oldest made ones
+    go first). At most `max_in_flight` tasks are at the executor at a time
+    (the rest wait here, a request's own chunks first). A task makes `chunk`
+    samples, sized from the measured cost of a sample so that a task takes
+    about the engine's `task_seconds`: a cheap source gets big tasks (each
+    task costs the executor some fixed work), a heavy one small tasks that
+    spread over every worker.
 
     Faults: a chunk whose task was lost (its worker died, the pool broke) is
     made again, the same bytes since they depend on the index alone, up to
@@ -752,7 +791,7 @@ class SampleProducer:
     and `broken` then says why (the server answers `getData` with it).
     """
 
-    MIN_CHUNK, FIRST_CHUNK, MAX_CHUNK = 8, 64, 1024
+    MIN_CHUNK, FIRST_CHUNK, MAX_CHUNK = 8, 64, 4096
     MAX_READ_AHEAD = 8192
     MAX_ATTEMPTS = 3
     MAX_RESTARTS = 5
@@ -766,7 +805,10 @@ class SampleProducer:
         self.chunk = self.FIRST_CHUNK  # samples per task, until measured
         self._sample_seconds = 0.0  # a moving average, once measured
         self.broken: str | None = None
-        self._ahead: dict[int, _Chunk] = {}  # read-ahead: index -> its chunk
+        self._where: dict[int, _Chunk] = {}  # index -> the chunk that makes it
+        self._chunks: dict[_Chunk, None] = {}  # the chunks in _where, oldest first
+        self._held = 0  # samples in those chunks
+        self._unserved = 0  # of those, the ones not served yet
         self._queue: deque[_Chunk] = deque()  # chunks not yet at the executor
         self._in_flight = 0
         self._missed = True
@@ -793,36 +835,70 @@ class SampleProducer:
             raise RuntimeError("server shutting down")
         if len(indices) * 2 > self.read_ahead:
             self.read_ahead = min(self.MAX_READ_AHEAD, len(indices) * 2)
-        pop = self._ahead.pop
-        chunks: list[_Chunk | None] = [pop(index, None) for index in indices]
-        missing = [at for at, chunk in enumerate(chunks) if chunk is None]
-        self.served_from_read_ahead += len(indices) - len(missing)
-        if missing:
-            self._missed = True
-            made = self._urgent_chunks([indices[at] for at in missing])
-            owners = chain.from_iterable(repeat(c, len(c.indices)) for c in made)
-            for at, owner in zip(missing, owners, strict=True):
-                chunks[at] = owner
-        held = cast(list[_Chunk], chunks)
-        await self._wait_for(list({id(c): c for c in held}.values()))
-        samples = [c.samples[i] for i, c in zip(indices, held, strict=True)]
-        served = [sample for sample in samples if sample is not None]
-        if not served:
+        runs = self._runs(indices, self._where.get)
+        if runs is None:  # some of them are not made yet
+            runs = await self._make_missing(indices)
+        samples: list[bytes] = []
+        for chunk, start, stop in runs:
+            samples += chunk.run(start, stop)
+            self._served(chunk, stop - start)
+        if not samples:
             raise RuntimeError(
                 f"the source raised for all {len(indices)} samples of this batch "
                 f"(last: {self._last_failure}); see the server log"
             )
-        return b'{"type":"data","payload":[' + b",".join(served) + b"]}", len(served)
+        # One join, one copy of the samples: the message's head and tail go
+        # on its first and last sample.
+        samples[0] = DATA_HEAD + samples[0]
+        samples[-1] += DATA_TAIL
+        return b",".join(samples), len(samples)
 
-    def _urgent_chunks(self, indices: list[int]) -> list[_Chunk]:
-        """Chunks for a request's missing indices, split so every worker takes
-        a share, at the front of the queue (ahead of the read-ahead)."""
-        workers = max(1, self.engine.live_workers())
-        size = min(self.chunk, max(self.MIN_CHUNK, -(-len(indices) // workers)))
-        made = [_Chunk(indices[at : at + size]) for at in range(0, len(indices), size)]
-        self._queue.extendleft(reversed(made))
-        self._pump()
-        return made
+    @staticmethod
+    def _runs(
+        indices: list[int], chunk_of: Callable[[int], _Chunk | None]
+    ) -> list[Run] | None:
+        """`indices` as runs of consecutive samples of made chunks; None if
+        one of them is not made (or not even asked for) yet."""
+        runs: list[Run] = []
+        at, wanted = 0, len(indices)
+        while at < wanted:
+            chunk = chunk_of(indices[at])
+            if chunk is None or not chunk.made:
+                return None
+            start = chunk.position(indices[at])
+            stop = min(len(chunk.indices), start + wanted - at)
+            if chunk.indices[start:stop] != indices[at : at + stop - start]:
+                stop = start + 1  # not in the chunk's order (after a rewind)
+            runs.append((chunk, start, stop))
+            at += stop - start
+        return runs
+
+    async def _make_missing(self, indices: list[int]) -> list[Run]:
+        """Wait for the chunks of `indices`, first asking for those no chunk
+        makes yet (split so every worker takes a share, ahead of the
+        read-ahead in the queue)."""
+        self._missed = True
+        owners = {index: self._where.get(index) for index in indices}
+        unasked = [index for index, chunk in owners.items() if chunk is None]
+        if unasked:
+            workers = max(1, self.engine.live_workers())
+            size = min(self.chunk, max(self.MIN_CHUNK, -(-len(unasked) // workers)))
+            made = [
+                _Chunk(unasked[at : at + size], urgent=True)
+                for at in range(0, len(unasked), size)
+            ]
+            for chunk in made:
+                self._hold(chunk)
+                owners.update(dict.fromkeys(chunk.indices, chunk))
+            self._queue.extendleft(reversed(made))
+            self._pump()
+        # Kept here: the read-ahead may let go of a chunk while we wait.
+        chunks = list({id(c): c for c in owners.values() if c is not None}.values())
+        await self._wait_for(chunks)
+        runs = self._runs(indices, owners.get)
+        if runs is None:
+            raise RuntimeError("a chunk was done but not made")  # _wait_for raises
+        return runs
 
     async def _wait_for(self, chunks: list[_Chunk]) -> None:
         pending = [c.done for c in chunks if not c.done.done()]
@@ -852,19 +928,56 @@ class SampleProducer:
         Cheap when there is nothing to do: `peek` is called only when fewer
         than half the read-ahead is left or the last request missed.
         """
-        ahead = self._ahead
-        if self._closed or (not self._missed and len(ahead) >= self.read_ahead // 2):
+        if self._closed or (
+            not self._missed and self._unserved >= self.read_ahead // 2
+        ):
             return
-        self._missed = False
-        new = [i for i in peek(self.read_ahead) if i not in ahead]
+        missed, self._missed = self._missed, False
+        where, upcoming = self._where, peek(self.read_ahead)
+        # What is held is usually what comes first: look at the rest only
+        # (had it been otherwise, a request misses and the next call looks
+        # at everything).
+        known = 0 if missed else min(self._unserved, len(upcoming))
+        new = [index for index in upcoming[known:] if index not in where]
         size = self.chunk
         for start in range(0, len(new), size):
             chunk = _Chunk(new[start : start + size])
-            ahead.update(dict.fromkeys(chunk.indices, chunk))
+            self._hold(chunk)
             self._queue.append(chunk)
-        while len(ahead) > 2 * self.read_ahead + size:  # oldest first
-            del ahead[next(iter(ahead))]
+        limit = 2 * self.read_ahead + size
+        for chunk in list(self._chunks) if self._held > limit else ():
+            if self._held <= limit:
+                break
+            if chunk.made:  # the oldest made ones go first
+                self._let_go(chunk)
         self._pump()
+
+    # -- the chunks held -----------------------------------------------------
+    def _hold(self, chunk: _Chunk) -> None:
+        self._where.update(dict.fromkeys(chunk.indices, chunk))
+        self._chunks[chunk] = None
+        self._held += len(chunk.indices)
+        self._unserved += len(chunk.indices)
+
+    def _served(self, chunk: _Chunk, count: int) -> None:
+        if not chunk.urgent:
+            self.served_from_read_ahead += count
+        if chunk not in self._chunks:  # let go of while its request waited
+            return
+        left = len(chunk.indices) - chunk.served
+        chunk.served += count
+        self._unserved -= min(count, max(left, 0))
+        if chunk.served >= len(chunk.indices):
+            self._let_go(chunk)
+
+    def _let_go(self, chunk: _Chunk) -> None:
+        if self._chunks.pop(chunk, False) is False:
+            return
+        where = self._where
+        for index in chunk.indices:  # each index is in one held chunk at most
+            del where[index]
+        self._held -= len(chunk.indices)
+        self._unserved -= max(len(chunk.indices) - chunk.served, 0)
 
     # -- tasks ---------------------------------------------------------------
     def _pump(self) -> None:
@@ -895,7 +1008,13 @@ class SampleProducer:
             self._fail(chunk, "server shutting down")
             return
         if problem is None:
-            self._finish(chunk, *task.result())
+            try:
+                self._finish(chunk, *task.result())
+            except Exception as exc:  # a malformed result must not strand requests
+                logger.exception(
+                    "the result of a task for %d samples", len(chunk.indices)
+                )
+                self._fail(chunk, f"a task's result was unusable: {exc!r}")
         else:
             chunk.attempts += 1
             if isinstance(problem, BrokenExecutor):
@@ -933,19 +1052,21 @@ class SampleProducer:
     def _finish(
         self,
         chunk: _Chunk,
-        samples: list[bytes | None],
+        samples: list[bytes],
         failures: dict[int, str],
         seconds: float,
     ) -> None:
-        self._resize(seconds / max(1, len(samples)))
-        chunk.samples = dict(zip(chunk.indices, samples, strict=True))
+        if len(samples) != len(chunk.indices):
+            raise ValueError(f"{len(samples)} samples for {len(chunk.indices)} indices")
+        self._resize(seconds / len(samples))
+        chunk.samples, chunk.made, chunk.failed = samples, True, bool(failures)
         self.samples_made += len(samples) - len(failures)
         if failures:
             self._record_failures(chunk, failures)
-        elif samples:
+        else:
             self._failure_run = 0
         if not chunk.done.done():
-            chunk.done.set_result(chunk.samples)
+            chunk.done.set_result(None)
 
     def _resize(self, sample_seconds: float) -> None:
         """Chunks of about the engine's task_seconds of work, and a read-ahead
@@ -965,8 +1086,8 @@ class SampleProducer:
             if index not in self._failed_logged and len(self._failed_logged) < 10_000:
                 self._failed_logged.add(index)
                 logger.error("the source raised for sample index %d: %s", index, text)
-        for sample in chunk.samples.values():  # in order: a run of failures
-            self._failure_run = self._failure_run + 1 if sample is None else 0
+        for sample in chunk.samples:  # in order: a run of failures
+            self._failure_run = 0 if sample else self._failure_run + 1
         if self._failure_run >= self.FAILURE_RUN and self.broken is None:
             self.broken = (
                 f"the source raised for each of the last {self._failure_run} "
@@ -976,9 +1097,7 @@ class SampleProducer:
             logger.error("%s", self.broken)
 
     def _fail(self, chunk: _Chunk, message: str) -> None:
-        for index in chunk.indices:
-            if self._ahead.get(index) is chunk:
-                del self._ahead[index]
+        self._let_go(chunk)
         if not chunk.done.done():
             chunk.done.set_exception(RuntimeError(message))
             chunk.done.add_done_callback(_consume_exception)
@@ -993,7 +1112,8 @@ class SampleProducer:
             "chunks_queued": len(self._queue),
             "read_ahead": self.read_ahead,
             "chunk": self.chunk,
-            "samples_ahead": len(self._ahead),
+            "samples_ahead": self._unserved,  # made or in the making, not served
+            "samples_held": self._held,  # in memory here, served or not
             "samples_made": self.samples_made,
             "samples_failed": self.samples_failed,
             "samples_served_from_read_ahead": self.served_from_read_ahead,
@@ -1005,10 +1125,9 @@ class SampleProducer:
     def close(self) -> None:
         """Stop making samples; requests still waiting get an error."""
         self._closed = True
-        for chunk in [*self._queue, *self._ahead.values()]:
+        for chunk in [*self._queue, *self._chunks]:
             self._fail(chunk, "server shutting down")
         self._queue.clear()
-        self._ahead.clear()
         self.engine.close()
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import websocket
 from conftest import running_server
 
-from data_simulator import SampleStream, SimulatedHealthData
+from data_simulator import SampleStream, SimulatedHealthData, encode_chunk
 from simulation_streamer import LocalEngine, SampleProducer
 
 
@@ -111,7 +111,7 @@ def test_large_batches_are_made_in_workers_not_in_the_event_loop() -> None:
     assert status["engine"] == "processes"
     assert status["samples_made"] >= 9000
     assert status["read_ahead"] == 2 * 4096  # grown to twice the batch asked for
-    assert status["samples_ahead"] <= 2 * status["read_ahead"] + status["chunk"]
+    assert status["samples_held"] <= 2 * status["read_ahead"] + status["chunk"]
 
 
 # -- the producer on its own: bounded memory, right bytes -----------------------------
@@ -141,7 +141,7 @@ async def test_read_ahead_memory_stays_bounded_across_rewinds_and_late_skips() -
                 producer.prefetch(stream.peek)
                 now = producer.status()  # chunk and read-ahead grow as measured
                 limit = 2 * now["read_ahead"] + now["chunk"]
-                assert now["samples_ahead"] <= limit, (round_, now)
+                assert now["samples_ahead"] <= now["samples_held"] <= limit, now
             if round_ % 3 == 2:  # ids among those made ahead, set after the fact
                 start = stream.status()["current_position"]
                 stream.set_validation_ids(
@@ -156,3 +156,16 @@ async def test_read_ahead_memory_stays_bounded_across_rewinds_and_late_skips() -
     assert status["samples_made"] > 0
     assert status["read_ahead"] <= SampleProducer.MAX_READ_AHEAD
     assert SampleProducer.MIN_CHUNK <= status["chunk"] <= SampleProducer.MAX_CHUNK
+
+
+def test_a_source_giving_the_wrong_number_of_samples_fails_those_indices() -> None:
+    # A samples_json that drops a sample would shift every later sample onto
+    # the wrong index; each index is then made alone, and fails by name.
+    class Short(SimulatedHealthData):
+        def samples_json(self, indices: list[int]) -> list[str]:
+            return super().samples_json(indices)[:-1]
+
+    samples, failures, _ = encode_chunk(Short(seed=0), [4, 5, 6])
+    assert samples == [b"", b"", b""]
+    assert sorted(failures) == [4, 5, 6]
+    assert "samples_json gave 0 samples for 1 indices" in failures[5], failures
