@@ -21,16 +21,18 @@ Baselines measured in this process in the same run: the plain `randint`
 generator (tests/plain_simulation.py, best of five) and the heavy source's
 time per sample. Rates are steady state: samples a client received in the
 second half of its run divided by that half's length, so the read-ahead the
-server fills before the clients start does not count. The scenarios that
-are compared with each other (1 and 4) run --repeats times, interleaved, and
-the best round of each counts, so a burst of load from other programs does
-not decide a ratio. "workers busy" is the CPU the sample workers got (local
-workers: the server's child processes; Dask: the worker processes and their
-nannies), in cores: on a shared machine it tells a slow engine from a
-starved one. The table is markdown, with the command that made it; the load
-average before and after says how busy the machine was (on a shared machine
-the rates are low, and the clients share the cores with the server and its
-workers anyway).
+server fills before the clients start does not count. The scenarios that are
+compared with each other (1 and 4) run in --repeats rounds, back to back
+within a round (every other round in reverse order); a ratio is the median of
+the rounds' ratios and a rate the median of the rounds' rates. This machine's
+speed drifts by tens of percent over minutes (other tenants), so runs compared
+across rounds would measure the drift, not the server. "workers busy" is the
+CPU the sample workers got (local workers: the server's child processes; Dask:
+the worker processes and their nannies), in cores: on a shared machine it
+tells a slow engine from a starved one. The table is markdown, with the
+command that made it; the load average before and after says how busy the
+machine was (on a shared machine the rates are low, and the clients share the
+cores with the server and its workers anyway).
 """
 
 from __future__ import annotations
@@ -127,10 +129,27 @@ def stream(
     return sum(rates), rates, run
 
 
-def best(results: Sequence[Result]) -> Result:
-    """The run with the highest total rate: other programs on the machine
-    can only slow a run down, so the best is the closest to the real speed."""
-    return max(results, key=lambda result: result[0])
+def median_run(results: Sequence[Result]) -> Result:
+    """The run with the median total rate (the middle one of an odd count)."""
+    return sorted(results, key=lambda result: result[0])[(len(results) - 1) // 2]
+
+
+def median_ratio(results: Sequence[Result], baseline: Sequence[Result]) -> float:
+    """The median over rounds of (this rate / the baseline's in the same round).
+
+    The speed of a shared machine drifts over minutes; two runs a few seconds
+    apart in one round see nearly the same machine, so the ratio of a round is
+    steadier than a ratio of rates taken from different rounds.
+    """
+    ratios = sorted(r[0] / b[0] for r, b in zip(results, baseline, strict=True))
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else sum(ratios[middle - 1 :]) / 2
+
+
+def in_round_order(scenarios: list[Any], round_index: int) -> list[Any]:
+    """ABBA: every other round runs the scenarios backwards, so a drift of
+    the machine's speed during a round does not favour the one that runs first."""
+    return scenarios if round_index % 2 == 0 else scenarios[::-1]
 
 
 def markdown(rows: Sequence[tuple[str, str, str, str]]) -> str:
@@ -156,9 +175,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=2,
+        default=3,
         help="rounds of the compared scenarios (heavy source on each engine, "
-        "ceiling vs near-free), interleaved; the best round of each counts",
+        "ceiling vs near-free), each round running all of them back to back; "
+        "a ratio is the median of its rounds' ratios",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 3 s per scenario, 1 round"
@@ -214,19 +234,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with local_dask_cluster(nworkers=2, nthreads=1) as cluster:
         on_dask = ("--cluster", cluster.address)
-        for round_ in rounds:
-            step(f"heavy source, --workers 1{round_}")
-            heavy_runs["1"].append(stream(ours(1, *heavy_spec), 1, batch, seconds))
-            step(f"heavy source, --workers 2{round_}")
-            heavy_runs["2"].append(stream(ours(2, *heavy_spec), 1, batch, seconds))
-            step(f"heavy source, --cluster {cluster.address}{round_}")
-            dask_server = ours(None, *heavy_spec, *on_dask)
-            heavy_runs["dask"].append(
-                stream(dask_server, 1, batch, seconds, cluster.cpu_seconds)
-            )
-    heavy1, _, run1 = best(heavy_runs["1"])
-    heavy2, _, run2 = best(heavy_runs["2"])
-    heavy_dask, _, run_dask = best(heavy_runs["dask"])
+        for index, round_ in enumerate(rounds):
+            for engine in in_round_order(["1", "2", "dask"], index):
+                if engine == "dask":
+                    step(f"heavy source, --cluster {cluster.address}{round_}")
+                    server = ours(None, *heavy_spec, *on_dask)
+                    run = stream(server, 1, batch, seconds, cluster.cpu_seconds)
+                else:
+                    step(f"heavy source, --workers {engine}{round_}")
+                    run = stream(ours(int(engine), *heavy_spec), 1, batch, seconds)
+                heavy_runs[engine].append(run)
+    heavy1, _, run1 = median_run(heavy_runs["1"])
+    heavy2, _, run2 = median_run(heavy_runs["2"])
+    heavy_dask, _, run_dask = median_run(heavy_runs["dask"])
+    two_vs_one = median_ratio(heavy_runs["2"], heavy_runs["1"])
+    dask_vs_one = median_ratio(heavy_runs["dask"], heavy_runs["1"])
 
     step(f"default source, 1 client, batch {batch}")
     one, _, run_one = stream(ours(None), 1, batch, seconds)
@@ -248,22 +270,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ceiling_command = [sys.executable, str(CEILING_SERVER), "--seed", str(seed)]
     ceiling_command += ["--sequence-length", str(length)]
-    ceiling_runs: list[Result] = []
-    near_free_runs: list[Result] = []
-    in_thread_runs: list[Result] = []
-    for round_ in rounds:
-        step(f"ceiling: a server that generates nothing{round_}")
-        ceiling_server = running_process(ceiling_command)
-        ceiling_runs.append(stream(ceiling_server, 1, batch, seconds))
-        step(f"our server with the near-free source{round_}")
-        pooled = ours(None, "--source", POOL_SOURCE)
-        near_free_runs.append(stream(pooled, 1, batch, seconds))
-        step(f"our server with the near-free source, --workers 0{round_}")
-        in_thread = ours(0, "--source", POOL_SOURCE)
-        in_thread_runs.append(stream(in_thread, 1, batch, seconds))
-    ceiling = best(ceiling_runs)[0]
-    near_free = best(near_free_runs)[0]
-    near_free_in_thread = best(in_thread_runs)[0]
+    runs: dict[str, list[Result]] = {"ceiling": [], "default": [], "thread": []}
+    for index, round_ in enumerate(rounds):
+        for scenario in in_round_order(list(runs), index):
+            if scenario == "ceiling":
+                step(f"ceiling: a server that generates nothing{round_}")
+                server = running_process(ceiling_command)
+            elif scenario == "default":
+                step(f"our server with the near-free source{round_}")
+                server = ours(None, "--source", POOL_SOURCE)
+            else:
+                step(f"our server with the near-free source, --workers 0{round_}")
+                server = ours(0, "--source", POOL_SOURCE)
+            runs[scenario].append(stream(server, 1, batch, seconds))
+    ceiling = median_run(runs["ceiling"])[0]
+    near_free = median_run(runs["default"])[0]
+    near_free_in_thread = median_run(runs["thread"])[0]
+    near_free_ratio = median_ratio(runs["default"], runs["ceiling"])
+    in_thread_ratio = median_ratio(runs["thread"], runs["ceiling"])
     load_after = os.getloadavg()
 
     def rate(value: float, ratio: float | None = None, of: str = "") -> str:
@@ -287,15 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         row("heavy source, --workers 1", rate(heavy1) + busy(run1)),
         row(
             "heavy source, --workers 2",
-            rate(heavy2, heavy2 / heavy1, "--workers 1") + busy(run2),
+            rate(heavy2, two_vs_one, "--workers 1") + busy(run2),
             f">= {TARGET_TWO_WORKERS}x --workers 1",
-            heavy2 >= TARGET_TWO_WORKERS * heavy1,
+            two_vs_one >= TARGET_TWO_WORKERS,
         ),
         row(
             "heavy source, --cluster (local Dask, 2 workers x 1 thread)",
-            rate(heavy_dask, heavy_dask / heavy1, "--workers 1") + busy(run_dask),
+            rate(heavy_dask, dask_vs_one, "--workers 1") + busy(run_dask),
             f">= {TARGET_DASK}x --workers 1",
-            heavy_dask >= TARGET_DASK * heavy1,
+            dask_vs_one >= TARGET_DASK,
         ),
         row(
             f"default source, 1 client, batch {batch}",
@@ -321,15 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         row(
             "our server, near-free source, 1 client (default --workers)",
-            rate(near_free, near_free / ceiling, "ceiling"),
+            rate(near_free, near_free_ratio, "ceiling"),
             f">= {TARGET_CEILING}x ceiling",
-            near_free >= TARGET_CEILING * ceiling,
+            near_free_ratio >= TARGET_CEILING,
         ),
         row(
             "our server, near-free source, 1 client, --workers 0",
-            rate(near_free_in_thread, near_free_in_thread / ceiling, "ceiling"),
+            rate(near_free_in_thread, in_thread_ratio, "ceiling"),
             f">= {TARGET_CEILING}x ceiling",
-            near_free_in_thread >= TARGET_CEILING * ceiling,
+            in_thread_ratio >= TARGET_CEILING,
         ),
     ]
     print()
