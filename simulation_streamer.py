@@ -1624,7 +1624,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds between progress lines in the log while samples flow (0: none)",
     )
-    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add(
+        "--log-level",
+        default="info",
+        type=str.lower,  # WARNING as well as warning, like logging's own names
+        choices=["debug", "info", "warning", "error"],
+    )
     return parser
 
 

@@ -109,3 +109,10 @@ def test_bad_numbers_are_rejected_by_the_parser(args: list[str], flag: str) -> N
     done = run_server(*args, env={})
     assert done.returncode == 2
     assert flag in done.stderr and "Traceback" not in done.stderr
+
+
+def test_log_level_is_read_in_either_case() -> None:
+    assert parse_args(["--log-level", "WARNING"]).log_level == "warning"
+    assert parse_args(["--log-level", "Debug"]).log_level == "debug"
+    with pytest.raises(SystemExit):
+        parse_args(["--log-level", "loud"])
