@@ -324,22 +324,32 @@ def encode_samples(source: SampleSource, indices: Sequence[int]) -> list[str]:
 Chunk = tuple[list[bytes], dict[int, str], float]
 
 
+ENCODE_SLICE = 512  # samples asked of the source at a time (see encode_chunk)
+
+
 def encode_chunk(source: SampleSource, indices: Sequence[int]) -> Chunk:
-    """The samples of `indices`; one that raises does not cost its neighbours."""
+    """The samples of `indices`; one that raises does not cost its neighbours.
+
+    The source is asked for ENCODE_SLICE samples at a time, so that their text
+    is still in the CPU's cache when it is encoded: measured here, encoding
+    4,096 texts made at once cost twice as much per sample.
+    """
     started = time.perf_counter()
-    try:
-        samples = [text.encode() for text in encode_samples(source, indices)]
-        return samples, {}, time.perf_counter() - started
-    except Exception:
-        pass  # find the culprit(s): one index at a time
-    samples = []
+    samples: list[bytes] = []
     failures: dict[int, str] = {}
-    for index in indices:
+    for at in range(0, len(indices), ENCODE_SLICE):
+        part = indices[at : at + ENCODE_SLICE]
         try:
-            samples.append(encode_samples(source, [index])[0].encode())
-        except Exception as exc:
-            samples.append(b"")
-            failures[index] = f"{type(exc).__name__}: {exc}"
+            samples += [text.encode() for text in encode_samples(source, part)]
+            continue
+        except Exception:
+            pass  # find the culprit(s): one index at a time
+        for index in part:
+            try:
+                samples.append(encode_samples(source, [index])[0].encode())
+            except Exception as exc:
+                samples.append(b"")
+                failures[index] = f"{type(exc).__name__}: {exc}"
     return samples, failures, time.perf_counter() - started
 
 
