@@ -181,7 +181,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=3,
+        default=5,
         help="rounds of the compared scenarios (heavy source on each engine, "
         "ceiling vs near-free), each round running all of them back to back; "
         "a ratio is the median of its rounds' ratios",
