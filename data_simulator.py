@@ -577,10 +577,7 @@ class SampleStream:
     def disconnect(self, conn: Hashable) -> None:
         """Forget a connection; the cursor and the others are untouched."""
         self._open.discard(conn)
-        self._in_pass.discard(conn)
-        self._before_first_reset.pop(conn, None)
-        self._level.pop(conn, None)
-        self._batch_size.pop(conn, None)
+        self._leave_pass(conn)
         self._over.discard(conn)
 
     # -- the stream --------------------------------------------------------
@@ -635,11 +632,15 @@ class SampleStream:
     def _pass_over_for(self, conn: Hashable) -> None:
         """Tell `conn` its pass is over (rule 3): None now and until its reset."""
         self._over.add(conn)
+        self._leave_pass(conn)
+        return None
+
+    def _leave_pass(self, conn: Hashable) -> None:
+        """Drop what the pass keeps about `conn` (rules 3, 4 and 7)."""
         self._in_pass.discard(conn)
         self._before_first_reset.pop(conn, None)
         self._level.pop(conn, None)
         self._batch_size.pop(conn, None)
-        return None
 
     def _deficit(
         self, level: int, levels: dict[Hashable, int], sizes: dict[Hashable, int]
