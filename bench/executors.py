@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -147,9 +148,7 @@ def median_ratio(rates: Sequence[float], baseline: Sequence[float]) -> float:
     apart in one round see nearly the same machine, so the ratio of a round is
     steadier than a ratio of rates taken from different rounds.
     """
-    ratios = sorted(r / b for r, b in zip(rates, baseline, strict=True))
-    middle = len(ratios) // 2
-    return ratios[middle] if len(ratios) % 2 else sum(ratios[middle - 1 :]) / 2
+    return statistics.median(r / b for r, b in zip(rates, baseline, strict=True))
 
 
 def in_round_order(scenarios: list[Any], round_index: int) -> list[Any]:
@@ -265,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         one_runs.append(stream(ours(None), 1, batch, seconds))
     one, _, run_one = median_run(one_runs)
     one_vs_plain = median_ratio(totals(one_runs), plain_rates)
-    plain = sorted(plain_rates)[(len(plain_rates) - 1) // 2]
+    plain = statistics.median_low(plain_rates)  # as median_run picks a round
     step(f"default source, {args.clients} clients, batch {batch}")
     many, many_rates, _ = stream(ours(None), args.clients, batch, seconds)
 
