@@ -945,11 +945,12 @@ class SampleProducer:
             self._hold(chunk)
             self._queue.append(chunk)
         limit = 2 * self.read_ahead + size
-        for chunk in list(self._chunks) if self._held > limit else ():
-            if self._held <= limit:
-                break
-            if chunk.made:  # the oldest made ones go first
-                self._let_go(chunk)
+        if self._held > limit:
+            for chunk in list(self._chunks):  # the oldest made ones go first
+                if self._held <= limit:
+                    break
+                if chunk.made:
+                    self._let_go(chunk)
         self._pump()
 
     # -- the chunks held -----------------------------------------------------
