@@ -44,7 +44,7 @@ from concurrent.futures import (
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from itertools import count
+from itertools import count, pairwise
 from typing import Any
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
@@ -725,17 +725,19 @@ def _zip_package(folder: str, name: str) -> str:
 
 class _Chunk:
     """Indices made in one task and, once made, their samples in the same
-    order (b"" where the source raised)."""
+    order: one blob, sample k at blob[offsets[k]:offsets[k + 1]] with its
+    comma, empty where the source raised (see data_simulator.Chunk)."""
 
     __slots__ = (
         "attempts",
+        "blob",
         "done",
         "failed",
         "first",
         "indices",
         "made",
+        "offsets",
         "positions",
-        "samples",
         "served",
         "urgent",
     )
@@ -750,15 +752,21 @@ class _Chunk:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.attempts = self.served = 0
         self.made = self.failed = False
-        self.samples: list[bytes] = []
+        self.blob = b""
+        self.offsets: list[int] = []
 
     def position(self, index: int) -> int:
         return index - self.first if self.positions is None else self.positions[index]
 
-    def run(self, start: int, stop: int) -> list[bytes]:
-        """The samples at positions start..stop-1, those that were made."""
-        samples = self.samples[start:stop]
-        return [sample for sample in samples if sample] if self.failed else samples
+    def run(self, start: int, stop: int) -> tuple[memoryview, int]:
+        """The samples at positions start..stop-1 (those that were made), as
+        one slice, and how many they are."""
+        offsets = self.offsets
+        piece = memoryview(self.blob)[offsets[start] : offsets[stop]]
+        if not self.failed:
+            return piece, stop - start
+        made = sum(1 for at in range(start, stop) if offsets[at + 1] > offsets[at])
+        return piece, made
 
 
 Run = tuple[_Chunk, int, int]  # positions start..stop-1 of a made chunk
@@ -838,20 +846,22 @@ class SampleProducer:
         runs = self._runs(indices, self._where.get)
         if runs is None:  # some of them are not made yet
             runs = await self._make_missing(indices)
-        samples: list[bytes] = []
+        pieces: list[bytes | memoryview] = [DATA_HEAD]
+        served = 0
         for chunk, start, stop in runs:
-            samples += chunk.run(start, stop)
+            piece, made = chunk.run(start, stop)
+            if made:
+                pieces.append(piece)
+                served += made
             self._served(chunk, stop - start)
-        if not samples:
+        if not served:
             raise RuntimeError(
                 f"the source raised for all {len(indices)} samples of this batch "
                 f"(last: {self._last_failure}); see the server log"
             )
-        # One join, one copy of the samples: the message's head and tail go
-        # on its first and last sample.
-        samples[0] = DATA_HEAD + samples[0]
-        samples[-1] += DATA_TAIL
-        return b",".join(samples), len(samples)
+        pieces[-1] = pieces[-1][:-1]  # the last sample's comma
+        pieces.append(DATA_TAIL)
+        return b"".join(pieces), served  # the one copy of the samples
 
     @staticmethod
     def _runs(
@@ -1053,15 +1063,21 @@ class SampleProducer:
     def _finish(
         self,
         chunk: _Chunk,
-        samples: list[bytes],
+        blob: bytes,
+        offsets: list[int],
         failures: dict[int, str],
         seconds: float,
     ) -> None:
-        if len(samples) != len(chunk.indices):
-            raise ValueError(f"{len(samples)} samples for {len(chunk.indices)} indices")
-        self._resize(seconds / len(samples))
-        chunk.samples, chunk.made, chunk.failed = samples, True, bool(failures)
-        self.samples_made += len(samples) - len(failures)
+        wanted = len(chunk.indices)
+        if len(offsets) != wanted + 1 or offsets[-1] != len(blob):
+            raise ValueError(
+                f"{len(offsets) - 1} samples ({len(blob)} bytes, up to "
+                f"{offsets[-1] if offsets else None}) for {wanted} indices"
+            )
+        self._resize(seconds / wanted)
+        chunk.blob, chunk.offsets = blob, offsets
+        chunk.made, chunk.failed = True, bool(failures)
+        self.samples_made += wanted - len(failures)
         if failures:
             self._record_failures(chunk, failures)
         else:
@@ -1087,8 +1103,8 @@ class SampleProducer:
             if index not in self._failed_logged and len(self._failed_logged) < 10_000:
                 self._failed_logged.add(index)
                 logger.error("the source raised for sample index %d: %s", index, text)
-        for sample in chunk.samples:  # in order: a run of failures
-            self._failure_run = 0 if sample else self._failure_run + 1
+        for start, end in pairwise(chunk.offsets):  # in order: a run of failures
+            self._failure_run = 0 if end > start else self._failure_run + 1
         if self._failure_run >= self.FAILURE_RUN and self.broken is None:
             self.broken = (
                 f"the source raised for each of the last {self._failure_run} "

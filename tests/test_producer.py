@@ -11,6 +11,7 @@ import asyncio
 import json
 import random
 from collections.abc import Iterable
+from itertools import pairwise
 
 import websocket
 from conftest import running_server
@@ -165,7 +166,27 @@ def test_a_source_giving_the_wrong_number_of_samples_fails_those_indices() -> No
         def samples_json(self, indices: list[int]) -> list[str]:
             return super().samples_json(indices)[:-1]
 
-    samples, failures, _ = encode_chunk(Short(seed=0), [4, 5, 6])
-    assert samples == [b"", b"", b""]
+    blob, offsets, failures, _ = encode_chunk(Short(seed=0), [4, 5, 6])
+    assert (blob, offsets) == (b"", [0, 0, 0, 0])  # no bytes for any of them
     assert sorted(failures) == [4, 5, 6]
     assert "samples_json gave 0 samples for 1 indices" in failures[5], failures
+
+
+def test_a_chunk_locates_its_samples_by_bytes_even_for_non_ascii_text() -> None:
+    # A chunk is one blob; a sample's place in it is counted in UTF-8 bytes,
+    # which is not its length in characters once the text is not ASCII.
+    class Accented(SimulatedHealthData):
+        def samples_json(self, indices: list[int]) -> list[str]:
+            return [
+                json.dumps(
+                    {"prompt": "café ☕" * i, "sample_id": f"sample_{i}"},
+                    ensure_ascii=False,
+                )
+                for i in indices
+            ]
+
+    blob, offsets, failures, _ = encode_chunk(Accented(seed=0), [3, 1, 2])
+    assert not failures and offsets[-1] == len(blob)
+    samples = [json.loads(blob[a : b - 1]) for a, b in pairwise(offsets)]
+    assert [s["prompt"] for s in samples] == ["café ☕" * i for i in (3, 1, 2)]
+    assert [blob[b - 1 : b] for b in offsets[1:]] == [b","] * 3
