@@ -1427,7 +1427,11 @@ class StreamServer:
                 else:
                     timeout = None  # a training client may not write for minutes
                 try:
-                    raw = await asyncio.wait_for(ws.recv(), timeout)
+                    if timeout == 0:  # no wait at all (pairing turned off)
+                        raise TimeoutError
+                    # asyncio.timeout, not wait_for: no task per message
+                    async with asyncio.timeout(timeout):
+                        raw = await ws.recv()
                 except TimeoutError:
                     if conn.phase == AWAITING_HANDSHAKE:
                         outputs = conn.handshake_timed_out(timeout or 0)
