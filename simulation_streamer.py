@@ -789,7 +789,8 @@ class SampleProducer:
     samples, sized from the measured cost of a sample so that a task takes
     about the engine's `task_seconds`: a cheap source gets big tasks (each
     task costs the executor some fixed work), a heavy one small tasks that
-    spread over every worker.
+    spread over every worker; large samples get fewer per task (at most
+    MAX_CHUNK_BYTES of them).
 
     Faults: a chunk whose task was lost (its worker died, the pool broke) is
     made again, the same bytes since they depend on the index alone, up to
@@ -799,8 +800,16 @@ class SampleProducer:
     and `broken` then says why (the server answers `getData` with it).
     """
 
-    MIN_CHUNK, FIRST_CHUNK, MAX_CHUNK = 8, 64, 4096
-    MAX_READ_AHEAD = 8192
+    # Near-free samples (a pool, a memory-mapped array) want big chunks: a
+    # task costs the pool a fixed amount of shipping. Measured here with
+    # bench/pool_source.py and 2 worker processes, the server reached 0.55 of
+    # the ceiling with chunks of up to 16,384 samples and 0.47 with 4,096 (3
+    # rounds each); made in the server's thread, 0.71 and 0.72. Up to 65,536
+    # was worse (0.73 against 0.79 in-thread): each making holds the GIL for
+    # tens of milliseconds.
+    MIN_CHUNK, FIRST_CHUNK, MAX_CHUNK = 8, 64, 16384
+    MAX_CHUNK_BYTES = 16 * 2**20  # large samples get smaller chunks
+    MAX_READ_AHEAD = 2 * MAX_CHUNK
     MAX_ATTEMPTS = 3
     MAX_RESTARTS = 5
     FAILURE_RUN = 64
@@ -1074,7 +1083,7 @@ class SampleProducer:
                 f"{len(offsets) - 1} samples ({len(blob)} bytes, up to "
                 f"{offsets[-1] if offsets else None}) for {wanted} indices"
             )
-        self._resize(seconds / wanted)
+        self._resize(seconds / wanted, len(blob) / wanted)
         chunk.blob, chunk.offsets = blob, offsets
         chunk.made, chunk.failed = True, bool(failures)
         self.samples_made += wanted - len(failures)
@@ -1085,13 +1094,14 @@ class SampleProducer:
         if not chunk.done.done():
             chunk.done.set_result(None)
 
-    def _resize(self, sample_seconds: float) -> None:
-        """Chunks of about the engine's task_seconds of work, and a read-ahead
-        of at least two chunks per worker."""
+    def _resize(self, sample_seconds: float, sample_bytes: float) -> None:
+        """Chunks of about the engine's task_seconds of work and at most
+        MAX_CHUNK_BYTES, and a read-ahead of at least two chunks per worker."""
         average = self._sample_seconds
         average = 0.8 * average + 0.2 * sample_seconds if average else sample_seconds
         self._sample_seconds = average
         size = int(self.engine.task_seconds / max(average, 1e-9))
+        size = min(size, int(self.MAX_CHUNK_BYTES / max(sample_bytes, 1.0)))
         self.chunk = max(self.MIN_CHUNK, min(self.MAX_CHUNK, size))
         wanted = 2 * self.chunk * max(1, self.engine.live_workers())
         self.read_ahead = max(self.read_ahead, min(self.MAX_READ_AHEAD, wanted))

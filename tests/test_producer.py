@@ -190,3 +190,34 @@ def test_a_chunk_locates_its_samples_by_bytes_even_for_non_ascii_text() -> None:
     samples = [json.loads(blob[a : b - 1]) for a, b in pairwise(offsets)]
     assert [s["prompt"] for s in samples] == ["café ☕" * i for i in (3, 1, 2)]
     assert [blob[b - 1 : b] for b in offsets[1:]] == [b","] * 3
+
+
+async def test_large_samples_get_chunks_of_bounded_bytes() -> None:
+    # A cheap source of large samples would get chunks of thousands of them
+    # (sized by time alone): gigabytes held. Chunks are capped in bytes.
+    size = 16_000
+
+    class Large(SimulatedHealthData):  # the same text each time: cheap to make
+        def __init__(self) -> None:
+            super().__init__(seed=0)
+            self.text = json.dumps({"filler": "x" * size})
+
+        def samples_json(self, indices: list[int]) -> list[str]:
+            return [self.text] * len(indices)
+
+    source = Large()
+    stream = SampleStream.for_source(source)
+    engine = LocalEngine(source, "data_simulator:SimulatedHealthData", {}, workers=0)
+    producer = SampleProducer(engine)
+    try:
+        producer.prefetch(stream.peek)
+        for _ in range(6):
+            indices = stream.take("c", 16)
+            message, served = await producer.message(indices)
+            assert served == 16 and len(message) > 16 * size
+            producer.prefetch(stream.peek)
+        status = producer.status()
+    finally:
+        producer.close()
+    assert status["samples_made"] > 64  # measured, then resized
+    assert status["chunk"] <= SampleProducer.MAX_CHUNK_BYTES // size, status
