@@ -359,7 +359,7 @@ def _encode_slice(source: SampleSource, indices: Sequence[int]) -> Chunk:
             except Exception as exc:
                 texts.append("")
                 failures[index] = f"{type(exc).__name__}: {exc}"
-    made = [text for text in texts if text] if failures else texts
+    made = [text for text in texts if text]  # (an empty text takes no bytes)
     joined = ",".join(made) + "," if made else ""
     if joined.isascii():  # (json.dumps's default) one byte per character
         sizes = [len(text) + 1 if text else 0 for text in texts]

@@ -221,3 +221,17 @@ async def test_large_samples_get_chunks_of_bounded_bytes() -> None:
         producer.close()
     assert status["samples_made"] > 64  # measured, then resized
     assert status["chunk"] <= SampleProducer.MAX_CHUNK_BYTES // size, status
+
+
+def test_an_empty_sample_text_takes_no_bytes_and_leaves_its_neighbours_whole() -> None:
+    # The offsets must describe the blob exactly, or the server cannot use
+    # the chunk at all: an empty text is left out, like a failed sample.
+    class Gap(SimulatedHealthData):
+        def samples_json(self, indices: list[int]) -> list[str]:
+            texts = super().samples_json(indices)
+            return ["" if i == 5 else t for i, t in zip(indices, texts, strict=True)]
+
+    blob, offsets, _, _ = encode_chunk(Gap(seed=0), [4, 5, 6])
+    assert offsets[-1] == len(blob) and offsets[1] == offsets[2]
+    kept = [json.loads(blob[a : b - 1]) for a, b in pairwise(offsets) if b > a]
+    assert [s["sample_id"] for s in kept] == ["sample_4", "sample_6"]
