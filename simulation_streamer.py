@@ -801,12 +801,10 @@ class SampleProducer:
     """
 
     # Near-free samples (a pool, a memory-mapped array) want big chunks: a
-    # task costs the pool a fixed amount of shipping. Measured here with
-    # bench/pool_source.py and 2 worker processes, the server reached 0.55 of
-    # the ceiling with chunks of up to 16,384 samples and 0.47 with 4,096 (3
-    # rounds each); made in the server's thread, 0.71 and 0.72. Up to 65,536
-    # was worse (0.73 against 0.79 in-thread): each making holds the GIL for
-    # tens of milliseconds.
+    # task costs the pool a fixed amount of shipping. In bench/executors.py
+    # the near-free source with worker processes reached 0.53 of the ceiling
+    # with chunks of up to 4,096 samples and 0.61 with 16,384. Much larger
+    # chunks did worse in a thread: each making holds the GIL for tens of ms.
     MIN_CHUNK, FIRST_CHUNK, MAX_CHUNK = 8, 64, 16384
     MAX_CHUNK_BYTES = 16 * 2**20  # large samples get smaller chunks
     MAX_READ_AHEAD = 2 * MAX_CHUNK
