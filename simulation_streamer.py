@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import (
@@ -44,8 +45,8 @@ from concurrent.futures import (
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from itertools import count, pairwise
-from typing import Any
+from itertools import accumulate, count, filterfalse, islice, pairwise
+from typing import Any, cast
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 from data_simulator import (
@@ -501,21 +502,45 @@ def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
 class LocalEngine:
     """Samples made on this machine: `workers` spawned processes (each loads
     the source once), or, with workers == 0, one thread of the server process
-    (which uses the server's own source object)."""
+    (which uses the server's own source object).
+
+    `auto` (the default --workers): the processes may hand over to the thread
+    for good (`make_here`) once the samples turn out cheaper to make than to
+    receive from a process; see SampleProducer._choose_engine.
+    """
 
     def __init__(
-        self, source: SampleSource, spec: str, settings: dict[str, Any], workers: int
+        self,
+        source: SampleSource,
+        spec: str,
+        settings: dict[str, Any],
+        workers: int,
+        auto: bool = False,
     ) -> None:
-        self.kind = "processes" if workers else "thread"
+        self.source = source
         self.workers = workers
+        self.auto = auto and workers > 0
         self.task_seconds = 0.05  # a local task costs ~0.1 ms of overhead
         self._init = (spec, _frozen(settings))
+        self._set_task()
+        self.executor = self._new_executor()
+
+    def _set_task(self) -> None:
+        self.kind = "processes" if self.workers else "thread"
         self.task: Callable[[list[int]], Chunk] = (
             partial(make_chunk, *self._init)
-            if workers
-            else partial(encode_chunk, source)
+            if self.workers
+            else partial(encode_chunk, self.source)
         )
+
+    def make_here(self) -> None:
+        """From now on, samples are made in a thread of this process. The
+        processes finish the tasks they have (their chunks are not lost), then
+        exit."""
+        pool, self.workers, self.auto = self.executor, 0, False
+        self._set_task()
         self.executor = self._new_executor()
+        pool.shutdown(wait=False)
 
     def _new_executor(self) -> Executor:
         if not self.workers:
@@ -725,20 +750,22 @@ def _zip_package(folder: str, name: str) -> str:
 
 class _Chunk:
     """Indices made in one task and, once made, their samples in the same
-    order: one blob, sample k at blob[offsets[k]:offsets[k + 1]] with its
-    comma, empty where the source raised (see data_simulator.Chunk)."""
+    order: sample k is bytes offsets[k]:offsets[k + 1] of the parts laid end
+    to end, with its comma, empty where the source raised (see
+    data_simulator.Chunk); part p starts at byte starts[p]."""
 
     __slots__ = (
         "attempts",
-        "blob",
         "done",
         "failed",
         "first",
         "indices",
         "made",
         "offsets",
+        "parts",
         "positions",
         "served",
+        "starts",
         "urgent",
     )
 
@@ -752,21 +779,36 @@ class _Chunk:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.attempts = self.served = 0
         self.made = self.failed = False
-        self.blob = b""
+        self.parts: list[memoryview] = []
+        self.starts: list[int] = []
         self.offsets: list[int] = []
 
     def position(self, index: int) -> int:
         return index - self.first if self.positions is None else self.positions[index]
 
-    def run(self, start: int, stop: int) -> tuple[memoryview, int]:
+    def made_from(self, parts: list[bytes], offsets: list[int]) -> None:
+        self.parts = [memoryview(part) for part in parts]
+        self.starts = list(accumulate(map(len, parts[:-1]), initial=0))
+        self.offsets = offsets
+        self.made = True
+
+    def run(self, start: int, stop: int) -> tuple[list[memoryview], int]:
         """The samples at positions start..stop-1 (those that were made), as
-        one slice, and how many they are."""
+        slices of the parts (one, unless the run crosses into the next part),
+        and how many they are."""
         offsets = self.offsets
-        piece = memoryview(self.blob)[offsets[start] : offsets[stop]]
+        low, high = offsets[start], offsets[stop]
+        pieces = []
+        at = bisect_right(self.starts, low) - 1
+        while low < high:
+            part, base = self.parts[at], self.starts[at]
+            end = min(high, base + len(part))
+            pieces.append(part[low - base : end - base])
+            low, at = end, at + 1
         if not self.failed:
-            return piece, stop - start
+            return pieces, stop - start
         made = sum(1 for at in range(start, stop) if offsets[at + 1] > offsets[at])
-        return piece, made
+        return pieces, made
 
 
 Run = tuple[_Chunk, int, int]  # positions start..stop-1 of a made chunk
@@ -800,6 +842,12 @@ class SampleProducer:
     and `broken` then says why (the server answers `getData` with it).
     """
 
+    # Receiving a made sample from a worker process (pipe, unpickling) costs
+    # this process about this much per byte: measured here, server CPU per
+    # sample of the near-free source (~800 bytes) with the default workers
+    # minus that with --workers 0 (see _choose_engine).
+    RECEIVE_SECONDS_PER_BYTE = 1.5e-9
+    CHOOSE_AFTER = 1024  # samples measured before the engine is chosen
     # Near-free samples (a pool, a memory-mapped array) want big chunks: a
     # task costs the pool a fixed amount of shipping. In bench/executors.py
     # the near-free source with worker processes reached 0.53 of the ceiling
@@ -819,6 +867,8 @@ class SampleProducer:
         self.read_ahead = read_ahead
         self.chunk = self.FIRST_CHUNK  # samples per task, until measured
         self._sample_seconds = 0.0  # a moving average, once measured
+        # (CPU seconds a sample in the cheapest chunk, samples): _choose_engine
+        self._measured: tuple[float, int] | None = None
         self.broken: str | None = None
         self._where: dict[int, _Chunk] = {}  # index -> the chunk that makes it
         self._chunks: dict[_Chunk, None] = {}  # the chunks in _where, oldest first
@@ -856,10 +906,9 @@ class SampleProducer:
         pieces: list[bytes | memoryview] = [DATA_HEAD]
         served = 0
         for chunk, start, stop in runs:
-            piece, made = chunk.run(start, stop)
-            if made:
-                pieces.append(piece)
-                served += made
+            slices, made = chunk.run(start, stop)
+            pieces += slices
+            served += made
             self._served(chunk, stop - start)
         if not served:
             raise RuntimeError(
@@ -955,7 +1004,7 @@ class SampleProducer:
         # (had it been otherwise, a request misses and the next call looks
         # at everything).
         known = 0 if missed else min(self._unserved, len(upcoming))
-        new = [index for index in upcoming[known:] if index not in where]
+        new = list(filterfalse(where.__contains__, islice(upcoming, known, None)))
         size = self.chunk
         for start in range(0, len(new), size):
             chunk = _Chunk(new[start : start + size])
@@ -991,9 +1040,8 @@ class SampleProducer:
     def _let_go(self, chunk: _Chunk) -> None:
         if self._chunks.pop(chunk, False) is False:
             return
-        where = self._where
-        for index in chunk.indices:  # each index is in one held chunk at most
-            del where[index]
+        # Each index is in one held chunk at most (map: no Python loop per index).
+        deque(map(self._where.__delitem__, chunk.indices), maxlen=0)
         self._held -= len(chunk.indices)
         self._unserved -= max(len(chunk.indices) - chunk.served, 0)
 
@@ -1070,25 +1118,28 @@ class SampleProducer:
     def _finish(
         self,
         chunk: _Chunk,
-        blob: bytes,
+        parts: list[bytes],
         offsets: list[int],
         failures: dict[int, str],
         seconds: float,
+        cpu_seconds: float,
     ) -> None:
-        wanted = len(chunk.indices)
-        if len(offsets) != wanted + 1 or offsets[-1] != len(blob):
+        wanted, size = len(chunk.indices), sum(map(len, parts))
+        if len(offsets) != wanted + 1 or offsets[-1] != size or not all(parts):
             raise ValueError(
-                f"{len(offsets) - 1} samples ({len(blob)} bytes, up to "
-                f"{offsets[-1] if offsets else None}) for {wanted} indices"
+                f"{len(offsets) - 1} samples ({size} bytes in {len(parts)} parts, "
+                f"up to {offsets[-1] if offsets else None}) for {wanted} indices"
             )
-        self._resize(seconds / wanted, len(blob) / wanted)
-        chunk.blob, chunk.offsets = blob, offsets
-        chunk.made, chunk.failed = True, bool(failures)
+        self._resize(seconds / wanted, size / wanted)
+        chunk.made_from(parts, offsets)
+        chunk.failed = bool(failures)
         self.samples_made += wanted - len(failures)
         if failures:
             self._record_failures(chunk, failures)
         else:
             self._failure_run = 0
+        if getattr(self.engine, "auto", False):
+            self._choose_engine(cpu_seconds, wanted, size / wanted)
         if not chunk.done.done():
             chunk.done.set_result(None)
 
@@ -1103,6 +1154,41 @@ class SampleProducer:
         self.chunk = max(self.MIN_CHUNK, min(self.MAX_CHUNK, size))
         wanted = 2 * self.chunk * max(1, self.engine.live_workers())
         self.read_ahead = max(self.read_ahead, min(self.MAX_READ_AHEAD, wanted))
+
+    def _choose_engine(
+        self, cpu_seconds: float, samples: int, sample_bytes: float
+    ) -> None:
+        """With the default --workers, once CHOOSE_AFTER samples are measured:
+        keep the worker processes, or make samples in this process's thread
+        if making one costs less CPU than receiving it from a process (then
+        the processes only add work: a pool of samples, a memory-mapped
+        array). A sample's cost is its chunk's CPU time, not its duration
+        (the processes share the cores with this one and its clients), in the
+        cheapest chunk: measured here, chunks of the same near-free source
+        cost from 0.5 to 3.4 us a sample in CPU (page faults of fresh memory,
+        a cold cache only ever add to it). The first chunk does not count."""
+        if self._measured is None:
+            self._measured = (float("inf"), 0)
+            return
+        cheapest, count = self._measured
+        cheapest, count = min(cheapest, cpu_seconds / samples), count + samples
+        self._measured = (cheapest, count)
+        if count < self.CHOOSE_AFTER:
+            return
+        engine = cast(LocalEngine, self.engine)
+        engine.auto = False  # chosen once, for the server's life
+        making = cheapest
+        receiving = sample_bytes * self.RECEIVE_SECONDS_PER_BYTE
+        if making >= receiving:
+            return
+        engine.make_here()
+        logger.info(
+            "a sample takes %.2f us to make and would take about %.2f us to "
+            "receive from a worker process: making samples in a thread of the "
+            "server from now on (--workers N keeps N processes)",
+            making * 1e6,
+            receiving * 1e6,
+        )
 
     def _record_failures(self, chunk: _Chunk, failures: dict[int, str]) -> None:
         self.samples_failed += len(failures)
@@ -1202,6 +1288,7 @@ class Settings:
     sequence_length: int
     seed: int
     workers: int
+    workers_auto: bool  # --workers not given: one per core, or a thread
     cluster: str | None
     max_batch_size: int
     max_message_size: int
@@ -1236,7 +1323,13 @@ class StreamServer:
         if settings.cluster:
             engine = DaskEngine(settings.cluster, spec, source_settings)
         else:
-            engine = LocalEngine(self.source, spec, source_settings, settings.workers)
+            engine = LocalEngine(
+                self.source,
+                spec,
+                source_settings,
+                settings.workers,
+                auto=settings.workers_auto,
+            )
         self.producer = SampleProducer(engine)
         self.connections: dict[ServerConnection, Connection] = {}
         self.connections_total = 0
@@ -1604,8 +1697,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=nonnegative_int,
         default=None,
-        help="local processes that make samples (None: one per core; 0: a thread "
-        "of the server process)",
+        help="local processes that make samples (default: one per core, or a "
+        "thread of the server process for samples cheaper to make than to "
+        "receive from a process; 0: that thread)",
     )
     add(
         "--cluster",
@@ -1687,6 +1781,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
             f"--workers {args.workers} and --cluster {args.cluster!r}: samples are "
             "made either by local processes or by the cluster; give one"
         )
+    args.workers_auto = args.workers is None and args.cluster is None
     if args.workers is None:
         args.workers = os.cpu_count() or 1
     return Settings(**vars(args))

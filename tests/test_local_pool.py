@@ -58,6 +58,69 @@ def test_every_worker_count_serves_the_same_bytes(tmp_path: Path) -> None:
         assert not differing, f"--workers {workers} differs at {differing[:5]}"
 
 
+# A near-free source with unique ids: its samples are made once, when it is
+# loaded, and then only looked up, far cheaper than receiving them from a
+# worker process.
+CHEAP_SOURCE = """
+from data_simulator import SimulatedHealthData
+
+TEXTS = [
+    '{"sample_id":"sample_%d","filler":"%s"}' % (i, "x" * 800) for i in range(20_000)
+]
+
+
+class Cheap(SimulatedHealthData):
+    def samples_json(self, indices):
+        return [TEXTS[i] for i in indices]
+
+
+def make(**settings):
+    return Cheap(**settings)
+"""
+
+
+def test_the_default_workers_hand_near_free_samples_to_a_thread(
+    tmp_path: Path,
+) -> None:
+    """Without --workers, samples that cost less to make than to receive are
+    made in the server's thread once measured: the chunks already at the
+    processes are still served, so the pass loses nothing across the change."""
+    source, module = write_source(tmp_path, "cheap", CHEAP_SOURCE)
+    log = tmp_path / "server.log"
+    num = 20_000
+    with streamer(log, "--source", source, "--max-iterations", str(num)) as server:
+        got = training_pass(server.url, batch_size=64)
+        status = generation(server)
+    check_exactly_once(got, range(num))
+    reference = module.make().samples_json(range(num))
+    assert got.by_id() == {f"sample_{k}": text for k, text in enumerate(reference)}
+    assert status["engine"] == "thread" and status["workers"] == 1, status
+    text = log.read_text()
+    assert "making samples in a thread of the server from now on" in text, text
+    assert "died" not in text and status["chunks_remade"] == 0, text
+
+
+def test_the_default_workers_keep_samples_that_cost_more_than_shipping(
+    tmp_path: Path,
+) -> None:
+    """The simulated samples (~0.1 ms of CPU each) stay in the processes; so
+    does any source with --workers N, however cheap."""
+    log = tmp_path / "server.log"
+    with streamer(log, "--max-iterations", str(NUM_SAMPLES)) as server:
+        got = training_pass(server.url, batch_size=64)
+        status = generation(server)
+    check_exactly_once(got, range(NUM_SAMPLES))
+    assert status["engine"] == "processes", status
+    assert len(status["worker_pids"]) == (os.cpu_count() or 1), status
+    source, _ = write_source(tmp_path, "cheap", CHEAP_SOURCE)
+    args = ["--workers", "1", "--source", source, "--max-iterations", "20000"]
+    with streamer(tmp_path / "server-1.log", *args) as server:
+        training_pass(server.url, batch_size=256)
+        assert generation(server)["engine"] == "processes"
+    for path in (log, tmp_path / "server-1.log"):
+        assert "in a thread of the server" not in path.read_text()
+
+
 @posix_only
 def test_a_worker_killed_mid_stream_costs_no_sample(tmp_path: Path) -> None:
     num = 1200

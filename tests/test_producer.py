@@ -17,7 +17,7 @@ import websocket
 from conftest import running_server
 
 from data_simulator import SampleStream, SimulatedHealthData, encode_chunk
-from simulation_streamer import LocalEngine, SampleProducer
+from simulation_streamer import LocalEngine, SampleProducer, _Chunk
 
 
 # -- the server: bytes per sample id ---------------------------------------------------
@@ -166,15 +166,15 @@ def test_a_source_giving_the_wrong_number_of_samples_fails_those_indices() -> No
         def samples_json(self, indices: list[int]) -> list[str]:
             return super().samples_json(indices)[:-1]
 
-    blob, offsets, failures, _ = encode_chunk(Short(seed=0), [4, 5, 6])
-    assert (blob, offsets) == (b"", [0, 0, 0, 0])  # no bytes for any of them
+    parts, offsets, failures, *_ = encode_chunk(Short(seed=0), [4, 5, 6])
+    assert (parts, offsets) == ([], [0, 0, 0, 0])  # no bytes for any of them
     assert sorted(failures) == [4, 5, 6]
     assert "samples_json gave 0 samples for 1 indices" in failures[5], failures
 
 
 def test_a_chunk_locates_its_samples_by_bytes_even_for_non_ascii_text() -> None:
-    # A chunk is one blob; a sample's place in it is counted in UTF-8 bytes,
-    # which is not its length in characters once the text is not ASCII.
+    # A sample's place in a chunk's bytes is counted in UTF-8 bytes, which is
+    # not its length in characters once the text is not ASCII.
     class Accented(SimulatedHealthData):
         def samples_json(self, indices: list[int]) -> list[str]:
             return [
@@ -185,7 +185,8 @@ def test_a_chunk_locates_its_samples_by_bytes_even_for_non_ascii_text() -> None:
                 for i in indices
             ]
 
-    blob, offsets, failures, _ = encode_chunk(Accented(seed=0), [3, 1, 2])
+    parts, offsets, failures, *_ = encode_chunk(Accented(seed=0), [3, 1, 2])
+    blob = b"".join(parts)
     assert not failures and offsets[-1] == len(blob)
     samples = [json.loads(blob[a : b - 1]) for a, b in pairwise(offsets)]
     assert [s["prompt"] for s in samples] == ["café ☕" * i for i in (3, 1, 2)]
@@ -231,7 +232,48 @@ def test_an_empty_sample_text_takes_no_bytes_and_leaves_its_neighbours_whole() -
             texts = super().samples_json(indices)
             return ["" if i == 5 else t for i, t in zip(indices, texts, strict=True)]
 
-    blob, offsets, _, _ = encode_chunk(Gap(seed=0), [4, 5, 6])
+    parts, offsets, *_ = encode_chunk(Gap(seed=0), [4, 5, 6])
+    blob = b"".join(parts)
     assert offsets[-1] == len(blob) and offsets[1] == offsets[2]
     kept = [json.loads(blob[a : b - 1]) for a, b in pairwise(offsets) if b > a]
     assert [s["sample_id"] for s in kept] == ["sample_4", "sample_6"]
+
+
+async def test_a_run_of_samples_across_parts_of_a_chunk_comes_out_whole() -> None:
+    # A chunk's bytes are a few parts (one per ENCODE_SLICE samples); a reply
+    # that crosses from one part into the next must still be every sample of
+    # the run, in order, with nothing cut or doubled at the seam, also when
+    # the samples on either side of the seam failed.
+    class FailsAtSeams(SimulatedHealthData):
+        def samples_json(self, indices: list[int]) -> list[str]:
+            if 511 in indices or 1024 in indices:
+                raise ValueError("a seam sample")
+            return super().samples_json(indices)
+
+    for source, missing in (
+        (SimulatedHealthData(seed=0), set()),
+        (FailsAtSeams(seed=0), {511, 1024}),
+    ):
+        chunk = _Chunk(list(range(1200)))
+        parts, offsets, failures, *_ = encode_chunk(source, chunk.indices)
+        assert len(parts) == 3 and set(failures) == missing
+        chunk.made_from(parts, offsets)
+        chunk.failed = bool(failures)
+        texts = SimulatedHealthData(seed=0).samples_json(range(1200))
+        for start, stop in [
+            (0, 1200),
+            (500, 530),
+            (511, 513),
+            (512, 513),
+            (1023, 1025),
+            (300, 1100),
+        ]:
+            pieces, made = chunk.run(start, stop)
+            kept = [
+                t for i, t in enumerate(texts[start:stop], start) if i not in missing
+            ]
+            assert made == len(kept), (start, stop)
+            assert (
+                all(pieces)
+                and b"".join(pieces) == "".join(t + "," for t in kept).encode()
+            )

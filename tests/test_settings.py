@@ -74,15 +74,28 @@ def test_environment_values_become_defaults_and_flags_override_them(
 
 def test_settings_are_the_parsed_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every option lands in Settings under its own name, with the parser's
-    default; only --workers is resolved (None: one process per core)."""
+    default; only --workers is resolved (None: one process per core, which
+    may hand over to a thread: `workers_auto`)."""
     for variable in ENVIRONMENT.values():
         monkeypatch.delenv(variable, raising=False)
     defaults = vars(build_parser().parse_args([]))
     settings = vars(parse_args([]))
+    assert settings.pop("workers_auto") is True
     assert settings.keys() == defaults.keys()
     assert defaults.pop("workers") is None
     assert settings.pop("workers") == (os.cpu_count() or 1)
     assert settings == defaults
+
+
+def test_only_the_default_workers_may_hand_over_to_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--workers N is N processes whatever the source costs; so is a cluster."""
+    for variable in ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    assert parse_args(["--workers", "2"]).workers_auto is False
+    assert parse_args(["--workers", "0"]).workers_auto is False
+    assert parse_args(["--cluster", "tcp://127.0.0.1:1"]).workers_auto is False
 
 
 def test_workers_and_cluster_exclude_each_other() -> None:
