@@ -850,9 +850,10 @@ class SampleProducer:
     CHOOSE_AFTER = 1024  # samples measured before the engine is chosen
     # Near-free samples (a pool, a memory-mapped array) want big chunks: a
     # task costs the pool a fixed amount of shipping. In bench/executors.py
-    # the near-free source with worker processes reached 0.53 of the ceiling
-    # with chunks of up to 4,096 samples and 0.61 with 16,384. Much larger
-    # chunks did worse in a thread: each making holds the GIL for tens of ms.
+    # (when chunks were one blob and the pool relabelled its samples) the
+    # near-free source with worker processes reached 0.53 of the ceiling with
+    # chunks of up to 4,096 samples and 0.61 with 16,384. Much larger chunks
+    # did worse in a thread: each making holds the GIL for tens of ms.
     MIN_CHUNK, FIRST_CHUNK, MAX_CHUNK = 8, 64, 16384
     MAX_CHUNK_BYTES = 16 * 2**20  # large samples get smaller chunks
     MAX_READ_AHEAD = 2 * MAX_CHUNK
@@ -1182,6 +1183,7 @@ class SampleProducer:
         if making >= receiving:
             return
         engine.make_here()
+        self._pool += 1  # a task the old pool loses is made again, in the thread
         logger.info(
             "a sample takes %.2f us to make and would take about %.2f us to "
             "receive from a worker process: making samples in a thread of the "

@@ -16,7 +16,7 @@ each reply parsed in full):
   4. the ceiling: one client against bench/ceiling_server.py, which answers
      every getData with the same prebuilt bytes and keeps no stream, and
      against our server with a near-free source (bench/pool_source.py: 1,024
-     samples made once, then relabelled).
+     samples made once, then served again and again).
 
 Baselines measured in this process in the same run: the plain `randint`
 generator (tests/plain_simulation.py, best of five short runs, timed right

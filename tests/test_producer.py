@@ -11,6 +11,7 @@ import asyncio
 import json
 import random
 from collections.abc import Iterable
+from concurrent.futures.process import BrokenProcessPool
 from itertools import pairwise
 
 import websocket
@@ -277,3 +278,35 @@ async def test_a_run_of_samples_across_parts_of_a_chunk_comes_out_whole() -> Non
                 all(pieces)
                 and b"".join(pieces) == "".join(t + "," for t in kept).encode()
             )
+
+
+async def test_a_chunk_lost_by_the_processes_after_the_hand_over_is_remade() -> None:
+    # Once the default workers hand over to the thread, the old pool may
+    # still break (a worker killed with a task in hand): its chunk is made
+    # again, in the thread, and the thread's executor is not torn down.
+    source = SimulatedHealthData(seed=0)
+    spec = "data_simulator:SimulatedHealthData"
+    engine = LocalEngine(source, spec, {"seed": 0}, workers=1, auto=True)
+    producer = SampleProducer(engine)
+    try:
+        old_pool = producer._pool
+        for _ in range(2):  # the first chunk does not count
+            producer._choose_engine(1e-7 * 2048, 2048, 800.0)  # 0.1 us a sample
+        assert engine.kind == "thread" and not engine.auto
+        thread_pool = engine.executor
+        chunk = _Chunk([7, 8, 9])
+        producer._hold(chunk)
+        lost = asyncio.get_running_loop().create_future()
+        lost.set_exception(BrokenProcessPool("a worker died"))
+        producer._in_flight += 1
+        producer._task_done(chunk, old_pool, lost)
+        await asyncio.wait_for(asyncio.shield(chunk.done), 10)
+        assert engine.executor is thread_pool and producer.pool_restarts == 0
+        pieces, made = chunk.run(0, 3)
+        texts = source.samples_json([7, 8, 9])
+        assert (
+            made == 3 and b"".join(pieces) == "".join(t + "," for t in texts).encode()
+        )
+        assert producer.status()["chunks_remade"] == 1
+    finally:
+        producer.close()
