@@ -5,6 +5,7 @@ followed by `reset(conn)`; its training connection is the probe, then takes
 until `take` returns None (the server's "terminate").
 """
 
+import itertools
 import logging
 import random
 import re
@@ -557,6 +558,9 @@ def test_random_interleavings_keep_every_rule(seed: int) -> None:
 # its batch size until told the pass is over. Every rank must run the same
 # number of steps, so every connection must end with the same number of full
 # batches.
+STEPS = itertools.count()  # orders the trainers' probes and resets
+
+
 @dataclass
 class Trainer:
     """One EIR training connection, as the tests below drive it."""
@@ -568,24 +572,30 @@ class Trainer:
     state: str = "waiting"  # -> probed -> training -> over | left | late
     batches: list[list[int]] = field(default_factory=list)
     behind_at_join: bool = False  # others had more batches when it joined
+    probed_at: int = -1  # when it probed (a tick of STEPS)
+    joined_at: int = -1  # when it reset
     in_pass: bool = False  # rule 3, as this test expects it
 
     def step(self, stream: SampleStream, trainers: list["Trainer"]) -> None:
         """Its next message: start and probe, reset, or take one batch."""
         if self.state == "waiting":
             stream.connect(self.name)
+            self.probed_at = next(STEPS)
             # None if the pass is already over for newcomers
             self.in_pass = stream.take(self.name, 1) is not None
             self.state = "probed"
         elif self.state == "probed":
             in_pass = [t for t in trainers if t.in_pass and t is not self]
             rewound = stream.reset(self.name).rewound
+            self.joined_at = next(STEPS)
             assert rewound == (not in_pass)  # rule 4
             self.in_pass = True  # joined, or rewound for itself (rule 3)
             self.behind_at_join = any(t.batches for t in trainers)
             self.state = "training"
-            if rewound and any(t.batches or t.state == "over" for t in trainers):
-                # Everyone else was over: a new pass, not the one tested.
+            others_over = any(t.batches or t.state == "over" for t in trainers)
+            if (rewound and others_over) or any(t.state == "late" for t in trainers):
+                # Everyone else was over: a new pass, not the one tested (and
+                # whoever joins after that rewind is in the new pass too).
                 stream.disconnect(self.name)
                 self.state = "late"
                 self.in_pass = False
@@ -669,14 +679,18 @@ def check_level_end(
         assert all(len(b) == t.batch for b in t.batches[:-1]), f"{t.name}: short"
     levels = {t.name: sum(len(b) == t.batch for b in t.batches) for t in ended}
     assert len(set(levels.values())) <= 1, f"unequal batch counts: {levels}"
+    # Two ways for a connection that joined in step to sit out, both allowed
+    # by rule 7: until a connection takes its first batch its size is unknown
+    # and counts as the largest asked for so far (with mixed sizes, the guess
+    # can be too small); and a first take not yet followed by a reset or a
+    # second take may be a real batch, so its connection is kept level, even
+    # one that came after (at the end of a short pass, its share can be what
+    # another needed). Otherwise only a connection that joined behind can.
+    one_size = len({t.batch for t in trainers}) == 1
     for name in sat_out:
         behind = next(t for t in trainers if t.name == name)
-        # Until a connection takes its first batch its size is unknown and
-        # counts as the largest seen: a larger one can then find too few
-        # samples left even though it joined in step.
-        others = [t.batch for t in trainers if t is not behind and t.batches]
-        guessed_small = behind.batch > max(others, default=behind.batch)
-        if behind.state != "late" and not guessed_small:
+        later = any(t.probed_at > behind.joined_at for t in trainers)
+        if behind.state != "late" and one_size and not later:
             assert behind.behind_at_join or behind.batches, f"{name} sat out in step"
     left = stream.remaining()
     if exact and ended and not sat_out and all(t.state == "over" for t in trainers):
