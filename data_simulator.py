@@ -340,10 +340,10 @@ def encode_chunk(source: SampleSource, indices: Sequence[int]) -> Chunk:
 
     The source is asked for ENCODE_SLICE samples at a time and each slice
     becomes its own part: its text is still in the CPU's cache when it is
-    encoded, and no buffer of megabytes is ever allocated (measured here,
-    joining the parts into one blob cost 40% more per sample, mostly the page
-    faults of the fresh blob). This is the one loop run for every sample
-    served, hence the maps instead of a comprehension.
+    encoded, and no buffer of megabytes is ever allocated or copied (each
+    would be fresh memory, whose page faults cost more than a near-free
+    sample; bench/making.py compares). This is the one loop run for every
+    sample served, hence the maps instead of a comprehension.
     """
     started, cpu = time.perf_counter(), time.thread_time()
     parts: list[bytes] = []

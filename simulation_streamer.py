@@ -843,10 +843,10 @@ class SampleProducer:
     """
 
     # Receiving a made sample from a worker process (pipe, unpickling) costs
-    # this process about this much CPU per byte: measured here, the thread of
-    # a ProcessPoolExecutor that reads the results used 1.2 to 1.4 us per
-    # 814-byte sample of the near-free source (see _choose_engine).
-    RECEIVE_SECONDS_PER_BYTE = 1.5e-9
+    # this process about this much CPU per byte: bench/making.py measured
+    # 2.05 us per 810-byte sample of the near-free source here (see
+    # _choose_engine).
+    RECEIVE_SECONDS_PER_BYTE = 2.5e-9
     CHOOSE_AFTER = 1024  # samples measured before the engine is chosen
     # Near-free samples (a pool, a memory-mapped array) want big chunks: a
     # task costs the pool a fixed amount of shipping. In bench/executors.py
@@ -1165,9 +1165,10 @@ class SampleProducer:
         the processes only add work: a pool of samples, a memory-mapped
         array). A sample's cost is its chunk's CPU time, not its duration
         (the processes share the cores with this one and its clients), in the
-        cheapest chunk: measured here, chunks of the same near-free source
-        cost from 0.5 to 3.4 us a sample in CPU (page faults of fresh memory,
-        a cold cache only ever add to it). The first chunk does not count."""
+        cheapest chunk: chunks of one near-free source vary by a factor of two
+        or more in CPU per sample (bench/making.py prints the spread), as page
+        faults of fresh memory and a cold cache only ever add to it. The first
+        chunk does not count."""
         if self._measured is None:
             self._measured = (float("inf"), 0)
             return

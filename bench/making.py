@@ -1,0 +1,109 @@
+"""What making and shipping a chunk of near-free samples costs, per sample.
+
+The numbers behind two choices in the server, measured in this process:
+
+  1. `data_simulator.encode_chunk` keeps a chunk as its 512-sample parts.
+     Compared: the parts as made, and the same parts joined into one blob
+     afterwards (what a chunk was before): wall time per sample, median of
+     --chunks chunks of 16,384 near-free samples (bench/pool_source.py).
+  2. `SampleProducer.RECEIVE_SECONDS_PER_BYTE`: the CPU this process spends
+     receiving chunks made by a ProcessPoolExecutor worker (the pool's
+     result-reading thread and the unpickling), per sample and per byte,
+     next to the CPU the worker spent making them (the `thread_time` each
+     chunk reports: the server's default workers compare the two to decide
+     whether a source is better made in the server's own thread).
+
+    python bench/making.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.pool_source import make_source  # noqa: E402
+from data_simulator import encode_chunk, make_chunk  # noqa: E402
+
+POOL_SOURCE = str(ROOT / "bench" / "pool_source.py") + ":make_source"
+CHUNK = 16384
+
+
+def making(chunks: int) -> tuple[float, float]:
+    """Median ns per sample: parts as made, and parts joined into one blob."""
+    source = make_source()
+    kept: list[object] = []  # a few chunks alive, as in the server's read-ahead
+    as_parts, as_blob = [], []
+    start = 10**6
+    for _ in range(chunks):
+        for times, join in ((as_parts, False), (as_blob, True)):
+            began = time.perf_counter()
+            chunk = encode_chunk(source, list(range(start, start + CHUNK)))
+            made = b"".join(chunk[0]) if join else chunk
+            times.append((time.perf_counter() - began) / CHUNK * 1e9)
+            kept = [*kept[-3:], made]
+            start += CHUNK
+    return statistics.median(as_parts), statistics.median(as_blob)
+
+
+def receiving(chunks: int) -> tuple[float, float, list[float]]:
+    """(this process's CPU per sample received, its bytes per sample, the
+    worker's CPU per sample of each chunk) for chunks made by one worker."""
+    settings = (("max_iterations", None), ("seed", 0), ("sequence_length", 64))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        pool.submit(make_chunk, POOL_SOURCE, settings, [0]).result()  # started
+        cpu_before = time.process_time()
+        futures = [
+            pool.submit(
+                make_chunk,
+                POOL_SOURCE,
+                settings,
+                list(range(k * CHUNK, (k + 1) * CHUNK)),
+            )
+            for k in range(chunks)
+        ]
+        results = [future.result() for future in futures]
+        cpu = time.process_time() - cpu_before
+    size = sum(len(part) for result in results for part in result[0])
+    made = [result[4] / CHUNK * 1e6 for result in results]
+    return cpu / (chunks * CHUNK), size / (chunks * CHUNK), made
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=15, help="chunks per measurement")
+    args = parser.parse_args(argv)
+    if args.chunks < 1:
+        parser.error(f"--chunks must be at least 1, got {args.chunks}")
+    print(f"python bench/making.py --chunks {args.chunks}", flush=True)
+    parts_ns, blob_ns = making(args.chunks)
+    print(
+        f"making a chunk of {CHUNK:,} near-free samples: {parts_ns:.0f} ns/sample "
+        f"kept as parts, {blob_ns:.0f} ns/sample joined into one blob "
+        f"({blob_ns / parts_ns:.2f}x)"
+    )
+    cpu, size, made = receiving(args.chunks)
+    print(
+        f"receiving them from a worker process: {cpu * 1e6:.2f} us of this "
+        f"process's CPU per sample of {size:.0f} bytes "
+        f"({cpu / size * 1e9:.2f} ns per byte)"
+    )
+    print(
+        "the worker's CPU per sample, by chunk: "
+        f"min {min(made):.2f}, median {statistics.median(made):.2f}, "
+        f"max {max(made):.2f} us"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
