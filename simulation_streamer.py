@@ -1173,9 +1173,11 @@ class SampleProducer:
             self._measured = (float("inf"), 0)
             return
         cheapest, count = self._measured
-        cheapest, count = min(cheapest, cpu_seconds / samples), count + samples
+        if cpu_seconds > 0:  # (Windows counts it in 15.6 ms ticks: may read 0)
+            cheapest = min(cheapest, cpu_seconds / samples)
+        count += samples
         self._measured = (cheapest, count)
-        if count < self.CHOOSE_AFTER:
+        if count < self.CHOOSE_AFTER or cheapest == float("inf"):
             return
         engine = cast(LocalEngine, self.engine)
         engine.auto = False  # chosen once, for the server's life

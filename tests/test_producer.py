@@ -310,3 +310,21 @@ async def test_a_chunk_lost_by_the_processes_after_the_hand_over_is_remade() -> 
         assert producer.status()["chunks_remade"] == 1
     finally:
         producer.close()
+
+
+async def test_the_engine_is_chosen_on_chunks_whose_cpu_time_was_seen() -> None:
+    # A clock that counts thread time in ticks (Windows: 15.6 ms) reads 0
+    # for a short chunk of real work: such readings must not pass for free
+    # samples (the default source would be moved off the worker processes).
+    source = SimulatedHealthData(seed=0)
+    spec = "data_simulator:SimulatedHealthData"
+    engine = LocalEngine(source, spec, {"seed": 0}, workers=1, auto=True)
+    producer = SampleProducer(engine)
+    try:
+        for _ in range(40):  # the first chunk does not count; then 39 x 64
+            producer._choose_engine(0.0, 64, 800.0)
+        assert engine.auto and engine.kind == "processes"  # nothing seen yet
+        producer._choose_engine(64 * 1e-4, 64, 800.0)  # 0.1 ms a sample
+        assert not engine.auto and engine.kind == "processes"  # chosen: stays
+    finally:
+        producer.close()
