@@ -10,8 +10,9 @@ generator in test_generator.py, the source's determinism in test_simulator.py.
 import asyncio
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from itertools import pairwise
 
 import websocket
@@ -274,21 +275,34 @@ async def test_a_run_of_samples_across_parts_of_a_chunk_comes_out_whole() -> Non
                 t for i, t in enumerate(texts[start:stop], start) if i not in missing
             ]
             assert made == len(kept), (start, stop)
-            assert (
-                all(pieces)
-                and b"".join(pieces) == "".join(t + "," for t in kept).encode()
-            )
+            assert all(pieces) and b"".join(pieces) == comma_terminated(kept)
+
+
+def comma_terminated(texts: Iterable[str]) -> bytes:
+    """Sample texts as a chunk holds them: UTF-8, each followed by a comma."""
+    return "".join(text + "," for text in texts).encode()
+
+
+@contextmanager
+def default_workers_producer() -> Iterator[tuple[SimulatedHealthData, SampleProducer]]:
+    """The simulated source and a producer on one worker process that may hand
+    over to the thread, as with the default --workers; closed after."""
+    source = SimulatedHealthData(seed=0)
+    spec = "data_simulator:SimulatedHealthData"
+    engine = LocalEngine(source, spec, {"seed": 0}, workers=1, auto=True)
+    producer = SampleProducer(engine)
+    try:
+        yield source, producer
+    finally:
+        producer.close()
 
 
 async def test_a_chunk_lost_by_the_processes_after_the_hand_over_is_remade() -> None:
     # Once the default workers hand over to the thread, the old pool may
     # still break (a worker killed with a task in hand): its chunk is made
     # again, in the thread, and the thread's executor is not torn down.
-    source = SimulatedHealthData(seed=0)
-    spec = "data_simulator:SimulatedHealthData"
-    engine = LocalEngine(source, spec, {"seed": 0}, workers=1, auto=True)
-    producer = SampleProducer(engine)
-    try:
+    with default_workers_producer() as (source, producer):
+        engine = producer.engine
         old_pool = producer._pool
         for _ in range(2):  # the first chunk does not count
             producer._choose_engine(1e-7 * 2048, 2048, 800.0)  # 0.1 us a sample
@@ -304,27 +318,18 @@ async def test_a_chunk_lost_by_the_processes_after_the_hand_over_is_remade() -> 
         assert engine.executor is thread_pool and producer.pool_restarts == 0
         pieces, made = chunk.run(0, 3)
         texts = source.samples_json([7, 8, 9])
-        assert (
-            made == 3 and b"".join(pieces) == "".join(t + "," for t in texts).encode()
-        )
+        assert made == 3 and b"".join(pieces) == comma_terminated(texts)
         assert producer.status()["chunks_remade"] == 1
-    finally:
-        producer.close()
 
 
 async def test_the_engine_is_chosen_on_chunks_whose_cpu_time_was_seen() -> None:
     # A clock that counts thread time in ticks (Windows: 15.6 ms) reads 0
     # for a short chunk of real work: such readings must not pass for free
     # samples (the default source would be moved off the worker processes).
-    source = SimulatedHealthData(seed=0)
-    spec = "data_simulator:SimulatedHealthData"
-    engine = LocalEngine(source, spec, {"seed": 0}, workers=1, auto=True)
-    producer = SampleProducer(engine)
-    try:
+    with default_workers_producer() as (_, producer):
+        engine = producer.engine
         for _ in range(40):  # the first chunk does not count; then 39 x 64
             producer._choose_engine(0.0, 64, 800.0)
         assert engine.auto and engine.kind == "processes"  # nothing seen yet
         producer._choose_engine(64 * 1e-4, 64, 800.0)  # 0.1 ms a sample
         assert not engine.auto and engine.kind == "processes"  # chosen: stays
-    finally:
-        producer.close()
