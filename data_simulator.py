@@ -616,8 +616,7 @@ class SampleStream:
         in the pass (rule 7d)."""
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
-        if conn not in self._open:
-            self.connect(conn)
+        self.connect(conn)
         # Rule 7 counts a first take before the first reset (maybe EIR's
         # probe, given back by rule 4) only once a second take confirms it.
         first = self._before_first_reset.get(conn, ())
