@@ -7,7 +7,8 @@ Two pieces live here:
   k is generated from an RNG seeded by (seed, k) alone, so it is the same every
   time it is produced: after a reset, after a restart, whatever the batch sizes
   or the process that makes it. Replace this class to stream your own data;
-  the server only needs the small interface of `SampleSource`.
+  the server only needs the small interface of `SampleSource`
+  (sample_sources.py).
 
 * `SampleStream` is the *shared state* of one server: the cursor over sample
   indices, the indices handed back to the front of the stream, the validation
@@ -17,59 +18,24 @@ Two pieces live here:
   integers, so it could live in a shared store serving several processes.
 """
 
-import hashlib
-import importlib.util
-import inspect
 import json
 import logging
-import os
-import pkgutil
 import random
 import re
-import sys
-import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
-from functools import cache
-from itertools import accumulate, filterfalse, islice, repeat
-from operator import add
-from typing import Any, Protocol, runtime_checkable
+from itertools import filterfalse, islice
+from typing import Any
 
+from sample_sources import SampleSource
 from single_sample_simulation import simulate_sample
 
 logger = logging.getLogger("data_simulator")
 
 SAMPLE_ID_PREFIX = "sample_"
 _SAMPLE_ID = re.compile(r"sample_(0|[1-9][0-9]*)")
-
-
-@runtime_checkable
-class SampleSource(Protocol):
-    """What the server needs from a source of samples.
-
-    * `dataset_info()`: the `getInfo` payload, {"inputs": {...}, "outputs": {...}}.
-    * `sample(index)`: sample number `index` as EIR expects it (a dict with
-      "inputs", "target_labels" and "sample_id"); the same dict every time.
-    * `samples(indices)`: several at once (loop over `sample` if nothing faster).
-    * `num_samples`: how many samples the stream has, or None for unbounded.
-    * `index_of(sample_id)`: the index that produces `sample_id`, or None if
-      this source never produces it (used to skip validation ids).
-    * optionally `indices_of(sample_ids)`: the same for a whole list at once,
-      as a set of the indices found (EIR can send hundreds of thousands of
-      validation ids in one message; without it, `index_of` is called per id).
-    """
-
-    num_samples: int | None
-
-    def dataset_info(self) -> dict[str, Any]: ...
-
-    def sample(self, index: int) -> dict[str, Any]: ...
-
-    def samples(self, indices: Sequence[int]) -> list[dict[str, Any]]: ...
-
-    def index_of(self, sample_id: str) -> int | None: ...
 
 
 def sample_id(index: int) -> str:
@@ -147,251 +113,6 @@ def _canonical_sample_indices(sample_ids: Sequence[str]) -> set[int] | None:
         return None
     return set(numbers)
 
-
-# =============================================================================
-# Loading a source from "module:factory", and making samples from indices.
-# Both run wherever samples are made: the server process, a local worker
-# process, or a Dask worker on another machine; so they live here, beside the
-# source interface, and need nothing beyond the standard library.
-# =============================================================================
-def load_source(spec: str, settings: dict[str, Any]) -> SampleSource:
-    """Build a source from "module:factory" or "path/to/file.py:factory".
-
-    A module is imported from sys.path, to which the current directory is
-    added (so `--source mydata:make` finds ./mydata.py wherever the server
-    script lives). A file is loaded directly, and its folder is added to
-    sys.path so it can import its neighbours. The factory may be a dotted
-    attribute (`module:Class.create`); it gets `settings` (seed,
-    sequence_length, max_iterations) as keyword arguments. Every problem
-    raises ValueError with a one-line message naming the spec.
-    """
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise ValueError(
-            f"--source must be module:factory or path/to/file.py:factory, got {spec!r}"
-        )
-    module = _import_source_module(target, spec)
-    try:  # the standard resolver walks "Class.create"; the module is imported
-        factory = pkgutil.resolve_name(f"{module.__name__}:{attr}")
-    except AttributeError:
-        raise ValueError(
-            f"--source {spec!r}: {target} has no attribute {attr!r}"
-        ) from None
-    except ValueError:
-        raise ValueError(
-            f"--source {spec!r}: {attr!r} is not a (dotted) Python name"
-        ) from None
-    if not callable(factory):
-        raise ValueError(
-            f"--source {spec!r}: {attr} is a {type(factory).__name__}, not a "
-            "callable factory"
-        )
-    try:
-        inspect.signature(factory).bind(**settings)
-    except TypeError as exc:
-        raise ValueError(
-            f"--source {spec!r}: {attr} must accept the keyword arguments "
-            f"{', '.join(settings)} (or **kwargs): {exc}"
-        ) from None
-    except ValueError:
-        pass  # no signature to inspect (a builtin); just call it
-    try:
-        source = factory(**settings)
-    except Exception as exc:
-        raise ValueError(
-            f"--source {spec!r}: {attr}(...) failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    problems = _interface_problems(source)
-    if problems:
-        raise ValueError(
-            f"--source {spec!r}: the {type(source).__name__} it made does not fit "
-            f"SampleSource (data_simulator.py): {'; '.join(problems)}"
-        )
-    try:
-        info = source.dataset_info()
-    except Exception as exc:
-        raise ValueError(
-            f"--source {spec!r}: dataset_info() failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(info, dict) or not isinstance(info.get("outputs"), dict):
-        raise ValueError(
-            f"--source {spec!r}: dataset info needs 'inputs' and 'outputs' dicts, "
-            f"got {info!r:.80}"
-        )
-    return source
-
-
-def _interface_problems(source: Any) -> list[str]:
-    problems = [
-        f"no {name}() method"
-        for name in ("dataset_info", "sample", "index_of")
-        if not callable(getattr(source, name, None))
-    ]
-    if not callable(getattr(source, "samples", len)):
-        problems.append("samples is not a method")
-    if not hasattr(source, "num_samples"):
-        problems.append("no num_samples attribute (an int, or None for unbounded)")
-    else:
-        bound = source.num_samples
-        if bound is not None and (
-            not isinstance(bound, int) or isinstance(bound, bool) or bound < 0
-        ):
-            problems.append(
-                f"num_samples is {bound!r} (need an int >= 0, or None for unbounded)"
-            )
-    return problems
-
-
-def is_file_spec(target: str) -> bool:
-    """Whether the part of a --source spec before the colon names a file."""
-    return target.endswith(".py") or "/" in target or os.sep in target
-
-
-def _import_source_module(target: str, spec: str) -> Any:
-    """The module named by the part of a --source spec before the colon."""
-    if is_file_spec(target):
-        path = os.path.abspath(target)
-        if not os.path.isfile(path):
-            raise ValueError(f"--source {spec!r}: no such file {path}")
-        stem = os.path.splitext(os.path.basename(path))[0]
-        digest = hashlib.sha1(path.encode()).hexdigest()[:8]
-        name = f"_source_{''.join(c if c.isalnum() else '_' for c in stem)}_{digest}"
-        if name in sys.modules:
-            return sys.modules[name]
-        folder = os.path.dirname(path)
-        if folder not in sys.path:
-            sys.path.append(folder)
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"--source {spec!r}: cannot load {path} as Python")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[name]
-            raise ValueError(
-                f"--source {spec!r}: importing {path} failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        return module
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
-    importlib.invalidate_caches()  # files (or zips) may have come since
-    try:
-        return importlib.import_module(target)
-    except ModuleNotFoundError as exc:
-        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
-            raise ValueError(
-                f"--source {spec!r}: no module named {exc.name!r} (looked in the "
-                f"current directory {cwd} and on sys.path); run from the folder "
-                "that holds it, or give its file: path/to/file.py:factory"
-            ) from None
-        raise ValueError(
-            f"--source {spec!r}: importing {target} failed: {exc}"
-        ) from exc
-    except Exception as exc:
-        raise ValueError(
-            f"--source {spec!r}: importing {target} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def encode_samples(source: SampleSource, indices: Sequence[int]) -> list[str]:
-    """Compact JSON text of each sample, ready to be joined into a `data` reply.
-
-    Uses the source's optional `samples_json(indices)` when it has one (the
-    simulated data writes its JSON directly), else `samples`, else `sample`.
-    """
-    fast = getattr(source, "samples_json", None)
-    if fast is not None:
-        texts = list(fast(indices))
-    else:
-        many = getattr(source, "samples", None)
-        samples = many(indices) if many else [source.sample(i) for i in indices]
-        texts = [json.dumps(s, separators=(",", ":")) for s in samples]
-    if len(texts) != len(indices):
-        method = "samples_json" if fast is not None else "samples"
-        raise ValueError(
-            f"the source's {method} gave {len(texts)} samples for "
-            f"{len(indices)} indices"
-        )
-    return texts
-
-
-# What making a chunk gives back: the samples' UTF-8 JSON, each followed by a
-# comma, in a few large bytes objects (the parts: one per ENCODE_SLICE
-# samples asked of the source; a reply is then a slice of one or two, and a
-# chunk crosses a process boundary as a few objects, not thousands); where
-# each sample starts in the parts laid end to end, plus where the last one
-# ends (so sample k is bytes offsets[k]:offsets[k + 1] of b"".join(parts),
-# comma included, and empty where the source raised); the exception of those
-# indices as one line of text; the seconds the making took (the server sizes
-# its chunks by it) and the CPU seconds it took (what the samples cost
-# wherever they are made, however busy the machine).
-Chunk = tuple[list[bytes], list[int], dict[int, str], float, float]
-
-
-ENCODE_SLICE = 512  # samples asked of the source at a time (see encode_chunk)
-
-
-def encode_chunk(source: SampleSource, indices: Sequence[int]) -> Chunk:
-    """The samples of `indices`; one that raises does not cost its neighbours.
-
-    The source is asked for ENCODE_SLICE samples at a time and each slice
-    becomes its own part: its text is still in the CPU's cache when it is
-    encoded, and no buffer of megabytes is ever allocated or copied (each
-    would be fresh memory, whose page faults cost more than a near-free
-    sample; bench/making.py compares). This is the one loop run for every
-    sample served, hence the maps instead of a comprehension.
-    """
-    started, cpu = time.perf_counter(), time.thread_time()
-    parts: list[bytes] = []
-    offsets: list[int] = [0]
-    failures: dict[int, str] = {}
-    for at in range(0, len(indices), ENCODE_SLICE):
-        wanted = indices[at : at + ENCODE_SLICE]
-        try:
-            texts = encode_samples(source, wanted)
-        except Exception:  # find the culprit(s): one index at a time
-            texts = []
-            for index in wanted:
-                try:
-                    texts += encode_samples(source, [index])
-                except Exception as exc:
-                    texts.append("")
-                    failures[index] = f"{type(exc).__name__}: {exc}"
-        sizes: Iterable[int] | None = None
-        if "" in texts:  # an empty text (failed) takes no bytes, not even a comma
-            sizes = [len(text.encode()) + 1 if text else 0 for text in texts]
-            texts = [text for text in texts if text]
-        texts.append("")  # (so that the last sample gets its comma too)
-        joined = ",".join(texts)
-        del texts[-1]
-        blob = joined.encode()
-        if sizes is None:
-            if len(blob) == len(joined):  # ASCII: a byte per character
-                sizes = map(add, map(len, texts), repeat(1))
-            else:
-                sizes = [len(text.encode()) + 1 for text in texts]
-        offsets += accumulate(sizes, initial=offsets.pop())
-        if blob:
-            parts.append(blob)
-    seconds = time.perf_counter() - started
-    return parts, offsets, failures, seconds, time.thread_time() - cpu
-
-
-@cache
-def cached_source(spec: str, settings: tuple[tuple[str, Any], ...]) -> SampleSource:
-    """The source of `spec`, loaded once per process (settings as sorted items)."""
-    return load_source(spec, dict(settings))
-
-
-def make_chunk(
-    spec: str, settings: tuple[tuple[str, Any], ...], indices: list[int]
-) -> Chunk:
-    """A chunk made in a worker process: what the server's executor runs."""
-    return encode_chunk(cached_source(spec, settings), indices)
 
 
 class SimulatedHealthData:

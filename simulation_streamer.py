@@ -1,18 +1,20 @@
 """WebSocket data server for EIR's streaming mode (`eirtrain` with ws:// sources).
 
-Run `python simulation_streamer.py --help`. The file has three layers:
+Run `python simulation_streamer.py --help`. This file has three layers:
 
 1. The protocol core, `Connection`: no I/O, plain method calls. It turns one
    incoming message into a list of things to do (`Reply`, `SendSamples`,
    `Close`). The whole protocol is the two tables below it.
-2. `SampleProducer`: turns stream indices into JSON-encoded samples, in worker
-   processes and ahead of demand, so the event loop never generates data.
-3. `StreamServer` and `main`: the asyncio layer on the `websockets` library,
-   HTTP checks (health, path, token), logging, shutdown, CLI.
+2. `StreamServer`: the asyncio layer on the `websockets` library: sockets,
+   HTTP checks (health, path, token), logging, shutdown.
+3. The command line: `parse_args`, `run`, `main`.
 
-The stream itself (cursor, reset, validation ids) is `SampleStream` in
-data_simulator.py; the samples come from a `SampleSource` (by default the
-tutorial's `SimulatedHealthData`, or `--source module:factory`).
+The other layers live in modules of their own: the stream (cursor, reset,
+validation ids) is `SampleStream` in data_simulator.py; samples are made
+ahead of need by `SampleProducer` (sample_producer.py) on an engine (local
+processes, a thread, or a Dask cluster: dask_engine.py); they come from a
+`SampleSource` (sample_sources.py), by default the tutorial's
+`SimulatedHealthData`, or `--source module:factory`.
 """
 
 from __future__ import annotations
@@ -21,44 +23,30 @@ import argparse
 import asyncio
 import contextlib
 import hmac
-import importlib.util
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import ssl
 import sys
-import tempfile
-import threading
 import time
-import zipfile
-from bisect import bisect_right
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import (
-    BrokenExecutor,
-    Executor,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-)
 from dataclasses import dataclass
-from functools import partial
+from enum import StrEnum
 from http import HTTPStatus
-from itertools import accumulate, count, filterfalse, islice, pairwise
-from typing import Any, cast
+from itertools import count
+from typing import Any
 from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
-from data_simulator import (
-    Chunk,
-    SampleSource,
-    SampleStream,
-    cached_source,
-    encode_chunk,
-    is_file_spec,
-    load_source,
-    make_chunk,
+from data_simulator import SampleStream
+from sample_producer import (
+    DefaultEngine,
+    Engine,
+    ProcessEngine,
+    SampleProducer,
+    ThreadEngine,
 )
+from sample_sources import load_checked_source
 
 try:
     from websockets.asyncio.server import Server, ServerConnection, serve
@@ -73,6 +61,7 @@ else:
 PROTOCOL_VERSION = "1.0"
 
 logger = logging.getLogger("simulation_streamer")
+
 
 # =============================================================================
 # The protocol: connection phases, and what each phase accepts.
@@ -92,16 +81,30 @@ logger = logging.getLogger("simulation_streamer")
 #  5. Exhausting the stream never closes the connection: every `getData`
 #     gets ["terminate"] until a reset; the client closes when it is done.
 # =============================================================================
-AWAITING_HANDSHAKE, READY, CLOSED = "awaiting-handshake", "ready", "closed"
+class Phase(StrEnum):
+    AWAITING_HANDSHAKE = "awaiting-handshake"
+    READY = "ready"
+    CLOSED = "closed"
 
-PHASES: dict[str, dict[str, str]] = {  # phase -> {event -> next phase}
+
+class Event(StrEnum):
+    HANDSHAKE = "handshake"  # a valid handshake arrived
+    REQUEST = "request"  # a valid request was answered
+    BAD_MESSAGE = "bad-message"  # a message the protocol rejects
+    HANDSHAKE_TIMEOUT = "handshake-timeout"
+    LOST = "lost"  # the socket is gone
+
+
+AWAITING_HANDSHAKE, READY, CLOSED = Phase
+
+PHASES: dict[Phase, dict[Event, Phase]] = {  # phase -> {event -> next phase}
     AWAITING_HANDSHAKE: {
-        "handshake": READY,
-        "bad-message": CLOSED,
-        "handshake-timeout": CLOSED,
-        "lost": CLOSED,
+        Event.HANDSHAKE: READY,
+        Event.BAD_MESSAGE: CLOSED,
+        Event.HANDSHAKE_TIMEOUT: CLOSED,
+        Event.LOST: CLOSED,
     },
-    READY: {"request": READY, "bad-message": READY, "lost": CLOSED},
+    READY: {Event.REQUEST: READY, Event.BAD_MESSAGE: READY, Event.LOST: CLOSED},
     CLOSED: {},
 }
 
@@ -221,7 +224,7 @@ class Connection:
         stream.connect(conn_id)
 
     # -- the one place that changes phase ---------------------------------
-    def _enter(self, event: str) -> None:
+    def _enter(self, event: Event) -> None:
         allowed = PHASES[self.phase]
         if event not in allowed:
             raise RuntimeError(f"no transition from {self.phase!r} on {event!r}")
@@ -250,7 +253,7 @@ class Connection:
                 owed_heartbeat = False
             if self.phase == AWAITING_HANDSHAKE:
                 outputs += self._on_handshake(message)
-                self._enter("handshake")
+                self._enter(Event.HANDSHAKE)
             else:
                 handler = REQUESTS.get(kind)
                 if handler is None:
@@ -261,7 +264,7 @@ class Connection:
                 self.requests += 1
                 outputs += getattr(self, handler)(payload_of(message))
                 owed_heartbeat = False  # answered by the data reply
-                self._enter("request")
+                self._enter(Event.REQUEST)
         except BadMessage as problem:
             self.errors += 1
             if owed_heartbeat:
@@ -269,7 +272,7 @@ class Connection:
             outputs.append(error(str(problem)))
             if self.phase == AWAITING_HANDSHAKE:
                 outputs.append(Close(POLICY_VIOLATION, "handshake required"))
-            self._enter("bad-message")
+            self._enter(Event.BAD_MESSAGE)
         return outputs
 
     def flush_heartbeat(self) -> list[Output]:
@@ -282,7 +285,7 @@ class Connection:
         """No handshake arrived in time: say so and close (1008)."""
         if self.phase != AWAITING_HANDSHAKE:
             return []
-        self._enter("handshake-timeout")
+        self._enter(Event.HANDSHAKE_TIMEOUT)
         return [
             error(f"no handshake within {seconds:g} s of connecting; closing"),
             Close(POLICY_VIOLATION, "handshake timeout"),
@@ -290,7 +293,7 @@ class Connection:
 
     def connection_lost(self) -> None:
         if self.phase != CLOSED:
-            self._enter("lost")
+            self._enter(Event.LOST)
 
     # -- handlers: each returns its replies or raises BadMessage ------------
     def _on_handshake(self, message: dict[str, Any]) -> list[Output]:
@@ -446,814 +449,6 @@ def payload_of(message: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-# =============================================================================
-# Samples: stream indices -> `data` replies, made by an executor, ahead of need.
-#
-# A sample is a pure function of its index, so making samples is the one job
-# that can run anywhere: the stream (cursor, validation ids) stays in this
-# process, and only "make these indices" goes to a concurrent.futures
-# executor, a chunk of indices per task (data_simulator.make_chunk):
-#   --workers N  N local processes (ProcessPoolExecutor, spawned), N >= 1;
-#   --workers 0  one thread of the server process;
-#   --cluster A  a Dask cluster, through distributed's Client.get_executor().
-# =============================================================================
-SOURCE_HELPERS = ("single_sample_simulation", "data_simulator", "stream_encoders")
-CLUSTER_CONNECT_TIMEOUT = 10  # seconds to reach a Dask scheduler at start
-
-
-def load_checked_source(spec: str, settings: dict[str, Any]) -> SampleSource:
-    """`load_source`, plus the full check of its `getInfo` payload when
-    stream_encoders.py is beside us (the server runs without it)."""
-    source = load_source(spec, settings)
-    try:
-        from stream_encoders import check_dataset_info
-    except ImportError:
-        return source
-    try:
-        check_dataset_info(source.dataset_info())
-    except ValueError as exc:
-        raise ValueError(f"--source {spec!r}: {exc}") from None
-    return source
-
-
-def _frozen(settings: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted(settings.items()))
-
-
-def _start_local_worker(spec: str, settings: tuple[tuple[str, Any], ...]) -> None:
-    """Initializer of a local worker process: load the source once, yield the
-    CPU to the server's event loop when both want it, and exit with the server
-    even if it is killed (a pool's workers otherwise wait for work forever)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's
-    if hasattr(os, "nice"):
-        with contextlib.suppress(OSError):
-            os.nice(5)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-    cached_source(spec, settings)
-
-
-def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
-    parent.join()  # returns when the server process is gone
-    os._exit(0)
-
-
-class LocalEngine:
-    """Samples made on this machine: `workers` spawned processes (each loads
-    the source once), or, with workers == 0, one thread of the server process
-    (which uses the server's own source object).
-
-    `auto` (the default --workers): the processes may hand over to the thread
-    for good (`make_here`) once the samples turn out cheaper to make than to
-    receive from a process; see SampleProducer._choose_engine.
-    """
-
-    def __init__(
-        self,
-        source: SampleSource,
-        spec: str,
-        settings: dict[str, Any],
-        workers: int,
-        auto: bool = False,
-    ) -> None:
-        self.source = source
-        self.workers = workers
-        self.auto = auto and workers > 0
-        self.task_seconds = 0.05  # a local task costs ~0.1 ms of overhead
-        self._init = (spec, _frozen(settings))
-        self._set_task()
-        self.executor = self._new_executor()
-
-    def _set_task(self) -> None:
-        self.kind = "processes" if self.workers else "thread"
-        self.task: Callable[[list[int]], Chunk] = (
-            partial(make_chunk, *self._init)
-            if self.workers
-            else partial(encode_chunk, self.source)
-        )
-
-    def make_here(self) -> None:
-        """From now on, samples are made in a thread of this process. The
-        processes finish the tasks they have (their chunks are not lost), then
-        exit."""
-        pool, self.workers, self.auto = self.executor, 0, False
-        self._set_task()
-        self.executor = self._new_executor()
-        pool.shutdown(wait=False)
-
-    def _new_executor(self) -> Executor:
-        if not self.workers:
-            return ThreadPoolExecutor(1, thread_name_prefix="samples")
-        return ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("spawn"),  # portable, no fork
-            initializer=_start_local_worker,
-            initargs=self._init,
-        )
-
-    def replace_executor(self) -> None:
-        """A fresh pool: a pool whose worker died is broken for good."""
-        self.close()
-        self.executor = self._new_executor()
-
-    def live_workers(self) -> int:
-        return self.workers or 1
-
-    def pids(self) -> list[int]:
-        # ProcessPoolExecutor has no public list of its processes: `_processes`
-        # (pid -> Process) is read for `status`, `heal` and `close` only.
-        return list(self._processes())
-
-    def why_waiting(self) -> str:
-        if not self.workers:
-            return "the server's sample thread is busy"
-        return f"all {self.workers} local worker processes are busy"
-
-    def heal(self) -> None:
-        """Make the pool notice a dead worker it has missed.
-
-        ProcessPoolExecutor (3.11-3.13) reads results in one thread; a worker
-        killed while writing a large result leaves that thread waiting for the
-        rest of it, forever (this process holds the result pipe's other write
-        end), and the pool never reports itself broken. Stopping the pool's
-        processes and closing our write end ends that read; the pool then
-        fails its futures with BrokenProcessPool as usual, and a new pool
-        makes their chunks again.
-        """
-        processes = list(self._processes().values())
-        if not any(process.exitcode is not None for process in processes):
-            return
-        logger.warning("a local worker process died unnoticed; ending its pool")
-        self._terminate(processes)
-        self._end_result_read()
-
-    def _end_result_read(self) -> None:
-        """Close our write end of the pool's result pipe, so that a read
-        waiting for a result its (terminated) worker never finished ends."""
-        results = getattr(self.executor, "_result_queue", None)
-        with contextlib.suppress(Exception):
-            results._writer.close()  # type: ignore[union-attr]
-
-    def _processes(self) -> dict[int, Any]:
-        return dict(getattr(self.executor, "_processes", None) or {})
-
-    @staticmethod
-    def _terminate(processes: list[Any]) -> None:
-        for process in processes:  # they hold no state: no need to let them finish
-            with contextlib.suppress(Exception):
-                process.terminate()
-
-    def close(self) -> None:
-        processes = list(self._processes().values())
-        manager = getattr(self.executor, "_executor_manager_thread", None)
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self._terminate(processes)
-        if manager is not None:  # let it tear down its queues before we exit
-            manager.join(1.0)
-            if manager.is_alive():  # reading a result cut off by terminate()
-                self._end_result_read()
-                manager.join(1.0)
-
-
-class DaskEngine:
-    """Samples made on a Dask cluster (`dask scheduler`, `dask worker ADDRESS`).
-
-    The workers get our modules and the source's own file (or package) from
-    the server, as worker plugins, so plain `dask worker` processes started
-    anywhere, and workers that join later, can make samples. What the source
-    imports beyond that must be installed where the workers run. A worker
-    that dies is handled by Dask itself: the scheduler runs its tasks again
-    on the others.
-    """
-
-    kind = "dask"
-    # A Dask task costs milliseconds of scheduler and worker bookkeeping (and
-    # a heavy pure-Python source holds the GIL against the worker's own
-    # thread): measured here, 2 workers with 50 ms tasks made 1.07x what one
-    # local process did, with 0.5 s tasks 1.55x.
-    task_seconds = 0.5
-    auto = False  # a cluster never hands its samples over (LocalEngine.auto)
-
-    def __init__(self, address: str, spec: str, settings: dict[str, Any]) -> None:
-        try:
-            from distributed import Client
-            from distributed.diagnostics.plugin import SchedulerUploadFile, UploadFile
-        except ImportError:
-            raise ValueError(
-                "--cluster needs Dask's distributed package: "
-                "pip install -r requirements-cluster.txt"
-            ) from None
-        self.address = address
-        try:
-            self.client = Client(address, timeout=CLUSTER_CONNECT_TIMEOUT)
-        except Exception as exc:
-            raise ValueError(
-                f"--cluster {address!r}: no Dask scheduler answered there: {exc}"
-            ) from None
-        try:
-            ours, theirs, worker_spec = files_for_workers(spec)
-            for path in ours + theirs:  # named by file: a new server replaces them
-                name = f"eir-stream:{os.path.basename(path)}"
-                if path in ours:  # the scheduler unpickles make_chunk's reference
-                    self.client.register_plugin(SchedulerUploadFile(path), name=name)
-                self.client.register_plugin(UploadFile(path), name=name)
-        except Exception as exc:
-            self.client.close()
-            raise ValueError(
-                f"--cluster {address!r}: could not give the workers the source "
-                f"{spec!r}: {type(exc).__name__}: {exc}"
-            ) from None
-        self.task = partial(make_chunk, worker_spec, _frozen(settings))
-        self.executor: Executor = self.client.get_executor(pure=False)
-        self._asked, self._workers = -1.0, 0
-
-    def replace_executor(self) -> None:
-        """Nothing to do: a lost Dask worker's tasks are rerun by the scheduler."""
-
-    def heal(self) -> None:
-        """Nothing to do: the scheduler notices lost workers itself."""
-
-    def live_workers(self) -> int:
-        """Workers connected to the scheduler (asked at most once a second:
-        it is a round trip to the scheduler)."""
-        now = time.monotonic()
-        if now - self._asked >= 1.0:
-            self._asked = now
-            with contextlib.suppress(Exception):
-                info = self.client.scheduler_info(n_workers=-1)
-                self._workers = sum(
-                    w.get("nthreads", 1) for w in info["workers"].values()
-                )
-        return self._workers
-
-    def pids(self) -> list[int]:
-        return []
-
-    def why_waiting(self) -> str:
-        workers = self.live_workers()
-        if not workers:
-            return f"no Dask worker is connected to {self.address} yet"
-        return f"all {workers} Dask workers of {self.address} are busy"
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False)
-        with contextlib.suppress(Exception):
-            self.client.close(timeout=2)
-
-
-def files_for_workers(spec: str) -> tuple[list[str], list[str], str]:
-    """What a remote worker needs to make samples of `spec`: our own modules
-    (the scheduler needs them too, to unpickle a task's reference to
-    make_chunk), the source's own files, and the spec as the worker imports
-    it (a file's module is named by its stem there).
-
-    The source's module goes along when it lives in the current directory or
-    beside this script; a package goes as a zip of its .py files. Anything
-    else it imports must be installed where the workers run.
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-    ours = [
-        path
-        for name in SOURCE_HELPERS
-        if os.path.isfile(path := os.path.join(here, f"{name}.py"))
-    ]
-    target, _, attr = spec.rpartition(":")
-    if is_file_spec(target):
-        path = os.path.abspath(target)
-        return ours, [path], f"{os.path.splitext(os.path.basename(path))[0]}:{attr}"
-    top = target.partition(".")[0]
-    found = None if top in SOURCE_HELPERS else importlib.util.find_spec(top)
-    locations = list(found.submodule_search_locations or []) if found else []
-    origin = found.origin if found and found.has_location else None
-    local = (os.getcwd(), here)
-    if locations and locations[0].startswith(local):
-        return ours, [_zip_package(locations[0], top)], spec
-    if origin and origin.startswith(local):
-        return ours, [origin], spec
-    return ours, [], spec
-
-
-def _zip_package(folder: str, name: str) -> str:
-    """A zip of the package's .py files, importable from sys.path as `name`
-    (with an entry per folder: zipimport needs them for namespace packages)."""
-    path = os.path.join(tempfile.mkdtemp(prefix="eir-stream-"), f"{name}.zip")
-    with zipfile.ZipFile(path, "w") as archive:
-        for root, dirs, names in os.walk(folder):
-            dirs[:] = [d for d in dirs if not d.startswith((".", "__pycache__"))]
-            inside = os.path.normpath(os.path.join(name, os.path.relpath(root, folder)))
-            archive.write(root, inside)
-            for file in names:
-                if file.endswith(".py"):
-                    archive.write(os.path.join(root, file), os.path.join(inside, file))
-    return path
-
-
-class _Chunk:
-    """Indices made in one task and, once made, their samples in the same
-    order: sample k is bytes offsets[k]:offsets[k + 1] of the parts laid end
-    to end, with its comma, empty where the source raised (see
-    data_simulator.Chunk); part p starts at byte starts[p]."""
-
-    __slots__ = (
-        "attempts",
-        "done",
-        "failed",
-        "first",
-        "indices",
-        "made",
-        "offsets",
-        "parts",
-        "positions",
-        "served",
-        "starts",
-        "urgent",
-    )
-
-    def __init__(self, indices: list[int], urgent: bool = False) -> None:
-        self.indices = indices
-        self.first = indices[0]
-        # Where an index sits in the chunk: index - first, for a range.
-        ranged = indices == list(range(self.first, self.first + len(indices)))
-        self.positions = None if ranged else {i: at for at, i in enumerate(indices)}
-        self.urgent = urgent  # made for a request that missed, not read ahead
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.attempts = self.served = 0
-        self.made = self.failed = False
-        self.parts: list[memoryview] = []
-        self.starts: list[int] = []
-        self.offsets: list[int] = []
-
-    def position(self, index: int) -> int:
-        return index - self.first if self.positions is None else self.positions[index]
-
-    def made_from(self, parts: list[bytes], offsets: list[int]) -> None:
-        self.parts = [memoryview(part) for part in parts]
-        self.starts = list(accumulate(map(len, parts[:-1]), initial=0))
-        self.offsets = offsets
-        self.made = True
-
-    def run(self, start: int, stop: int) -> tuple[list[memoryview], int]:
-        """The samples at positions start..stop-1 (those that were made), as
-        slices of the parts (one, unless the run crosses into the next part),
-        and how many they are."""
-        offsets = self.offsets
-        low, high = offsets[start], offsets[stop]
-        pieces = []
-        at = bisect_right(self.starts, low) - 1
-        while low < high:
-            part, base = self.parts[at], self.starts[at]
-            end = min(high, base + len(part))
-            pieces.append(part[low - base : end - base])
-            low, at = end, at + 1
-        if not self.failed:
-            return pieces, stop - start
-        made = sum(1 for at in range(start, stop) if offsets[at + 1] > offsets[at])
-        return pieces, made
-
-
-Run = tuple[_Chunk, int, int]  # positions start..stop-1 of a made chunk
-DATA_HEAD, DATA_TAIL = b'{"type":"data","payload":[', b"]}"
-
-
-class SampleProducer:
-    """The `data` replies for stream indices, made by an engine's executor.
-
-    `prefetch` keeps the stream's next `read_ahead` indices made or in the
-    making, in chunks; `_where` maps each of their indices to its chunk. A
-    request is usually a run of consecutive samples of one or two made
-    chunks, so its reply is a slice of each and no work per sample. A sample
-    depends on its index alone, so a sample made ahead stays right whatever
-    the stream does: after a rewind it is served when its index comes round
-    again. A chunk is let go once all its samples were served; the chunks
-    held have at most 2 x read_ahead + `chunk` samples (the oldest made ones
-    go first). At most `max_in_flight` tasks are at the executor at a time
-    (the rest wait here, a request's own chunks first). A task makes `chunk`
-    samples, sized from the measured cost of a sample so that a task takes
-    about the engine's `task_seconds`: a cheap source gets big tasks (each
-    task costs the executor some fixed work), a heavy one small tasks that
-    spread over every worker; large samples get fewer per task (at most
-    MAX_CHUNK_BYTES of them).
-
-    Faults: a chunk whose task was lost (its worker died, the pool broke) is
-    made again, the same bytes since they depend on the index alone, up to
-    MAX_ATTEMPTS times; a broken local pool is replaced, up to MAX_RESTARTS a
-    minute. A sample whose source raised is left out of its reply, logged
-    once and counted; FAILURE_RUN failures in a row mean the source is broken,
-    and `broken` then says why (the server answers `getData` with it).
-    """
-
-    # Receiving a made sample from a worker process (pipe, unpickling) costs
-    # this process about this much CPU per byte: bench/making.py measured
-    # 2.05 us per 810-byte sample of the near-free source here (see
-    # _choose_engine).
-    RECEIVE_SECONDS_PER_BYTE = 2.5e-9
-    CHOOSE_AFTER = 1024  # samples measured before the engine is chosen
-    # Near-free samples (a pool, a memory-mapped array) want big chunks: a
-    # task costs the pool a fixed amount of shipping. In bench/executors.py
-    # (when chunks were one blob and the pool relabelled its samples) the
-    # near-free source with worker processes reached 0.53 of the ceiling with
-    # chunks of up to 4,096 samples and 0.61 with 16,384. Much larger chunks
-    # did worse in a thread: each making holds the GIL for tens of ms.
-    MIN_CHUNK, FIRST_CHUNK, MAX_CHUNK = 8, 64, 16384
-    MAX_CHUNK_BYTES = 16 * 2**20  # large samples get smaller chunks
-    MAX_READ_AHEAD = 2 * MAX_CHUNK
-    MAX_ATTEMPTS = 3
-    MAX_RESTARTS = 5
-    FAILURE_RUN = 64
-    WAIT_WARNING = 10.0  # seconds a request waits before the log says why
-    HEAL_AFTER = 1.0  # seconds a request waits before the engine is checked
-
-    def __init__(self, engine: LocalEngine | DaskEngine, read_ahead: int = 1024):
-        self.engine = engine
-        self.read_ahead = read_ahead
-        self.chunk = self.FIRST_CHUNK  # samples per task, until measured
-        self._sample_seconds = 0.0  # a moving average, once measured
-        # (CPU seconds a sample in the cheapest chunk, samples): _choose_engine
-        self._measured: tuple[float, int] | None = None
-        self.broken: str | None = None
-        self._where: dict[int, _Chunk] = {}  # index -> the chunk that makes it
-        self._chunks: dict[_Chunk, None] = {}  # the chunks in _where, oldest first
-        self._held = 0  # samples in those chunks
-        self._unserved = 0  # of those, the ones not served yet
-        self._queue: deque[_Chunk] = deque()  # chunks not yet at the executor
-        self._in_flight = 0
-        self._missed = True
-        self._closed = False
-        self._pool = 0  # generation of the local pool (bumped when replaced)
-        self._restarts: deque[float] = deque()
-        self._failure_run = 0
-        self._failed_logged: set[int] = set()
-        self._last_failure = ""
-        self.samples_made = self.samples_failed = 0
-        self.chunks_remade = self.pool_restarts = self.served_from_read_ahead = 0
-
-    @property
-    def max_in_flight(self) -> int:
-        """Tasks at the executor at once: two per worker, one to run, one to
-        start right after it."""
-        return 2 * max(1, self.engine.live_workers())
-
-    # -- requests ------------------------------------------------------------
-    async def message(self, indices: list[int]) -> tuple[bytes, int]:
-        """The `data` reply for these indices, as UTF-8 JSON, and how many
-        samples it holds (samples whose source raised are left out)."""
-        if self._closed:
-            raise RuntimeError("server shutting down")
-        if len(indices) * 2 > self.read_ahead:
-            self.read_ahead = min(self.MAX_READ_AHEAD, len(indices) * 2)
-        runs = self._runs(indices, self._where.get)
-        if runs is None:  # some of them are not made yet
-            runs = await self._make_missing(indices)
-        pieces: list[bytes | memoryview] = [DATA_HEAD]
-        served = 0
-        for chunk, start, stop in runs:
-            slices, made = chunk.run(start, stop)
-            pieces += slices
-            served += made
-            self._served(chunk, stop - start)
-        if not served:
-            raise RuntimeError(
-                f"the source raised for all {len(indices)} samples of this batch "
-                f"(last: {self._last_failure}); see the server log"
-            )
-        pieces[-1] = pieces[-1][:-1]  # the last sample's comma
-        pieces.append(DATA_TAIL)
-        return b"".join(pieces), served  # the one copy of the samples
-
-    @staticmethod
-    def _runs(
-        indices: list[int], chunk_of: Callable[[int], _Chunk | None]
-    ) -> list[Run] | None:
-        """`indices` as runs of consecutive samples of made chunks; None if
-        one of them is not made (or not even asked for) yet."""
-        runs: list[Run] = []
-        at, wanted = 0, len(indices)
-        while at < wanted:
-            chunk = chunk_of(indices[at])
-            if chunk is None or not chunk.made:
-                return None
-            start = chunk.position(indices[at])
-            stop = min(len(chunk.indices), start + wanted - at)
-            if chunk.indices[start:stop] != indices[at : at + stop - start]:
-                stop = start + 1  # not in the chunk's order (after a rewind)
-            runs.append((chunk, start, stop))
-            at += stop - start
-        return runs
-
-    async def _make_missing(self, indices: list[int]) -> list[Run]:
-        """Wait for the chunks of `indices`, first asking for those no chunk
-        makes yet (split so every worker takes a share, ahead of the
-        read-ahead in the queue)."""
-        self._missed = True
-        owners = {index: self._where.get(index) for index in indices}
-        unasked = [index for index, chunk in owners.items() if chunk is None]
-        if unasked:
-            workers = max(1, self.engine.live_workers())
-            size = min(self.chunk, max(self.MIN_CHUNK, -(-len(unasked) // workers)))
-            made = [
-                _Chunk(unasked[at : at + size], urgent=True)
-                for at in range(0, len(unasked), size)
-            ]
-            for chunk in made:
-                self._hold(chunk)
-                owners.update(dict.fromkeys(chunk.indices, chunk))
-            self._queue.extendleft(reversed(made))
-            self._pump()
-        # Kept here: the read-ahead may let go of a chunk while we wait.
-        chunks = list({id(c): c for c in owners.values() if c is not None}.values())
-        await self._wait_for(chunks)
-        runs = self._runs(indices, owners.get)
-        if runs is None:
-            raise RuntimeError("a chunk was done but not made")  # _wait_for raises
-        return runs
-
-    async def _wait_for(self, chunks: list[_Chunk]) -> None:
-        pending = [c.done for c in chunks if not c.done.done()]
-        waited = 0.0
-        while pending:
-            _, still = await asyncio.wait(pending, timeout=self.HEAL_AFTER)
-            waited += self.HEAL_AFTER
-            if still:
-                self.engine.heal()
-            if still and waited >= self.WAIT_WARNING:
-                waited = 0.0
-                logger.warning(
-                    "a request has waited %.0f s for samples: %s (%d tasks queued "
-                    "here, %d at the executor)",
-                    self.WAIT_WARNING,
-                    self.engine.why_waiting(),
-                    len(self._queue),
-                    self._in_flight,
-                )
-            pending = list(still)
-        for chunk in chunks:
-            chunk.done.result()  # raises if the chunk could not be made
-
-    def prefetch(self, peek: Callable[[int], Sequence[int]]) -> None:
-        """Top up the read-ahead from `peek(n)`, the stream's next n indices.
-
-        Cheap when there is nothing to do: `peek` is called only when fewer
-        than half the read-ahead is left or the last request missed.
-        """
-        if self._closed or (
-            not self._missed and self._unserved >= self.read_ahead // 2
-        ):
-            return
-        missed, self._missed = self._missed, False
-        where, upcoming = self._where, peek(self.read_ahead)
-        # What is held is usually what comes first: look at the rest only
-        # (had it been otherwise, a request misses and the next call looks
-        # at everything).
-        known = 0 if missed else min(self._unserved, len(upcoming))
-        new = list(filterfalse(where.__contains__, islice(upcoming, known, None)))
-        size = self.chunk
-        for start in range(0, len(new), size):
-            chunk = _Chunk(new[start : start + size])
-            self._hold(chunk)
-            self._queue.append(chunk)
-        limit = 2 * self.read_ahead + size
-        if self._held > limit:
-            for chunk in list(self._chunks):  # the oldest made ones go first
-                if self._held <= limit:
-                    break
-                if chunk.made:
-                    self._let_go(chunk)
-        self._pump()
-
-    # -- the chunks held -----------------------------------------------------
-    def _hold(self, chunk: _Chunk) -> None:
-        self._where.update(dict.fromkeys(chunk.indices, chunk))
-        self._chunks[chunk] = None
-        self._held += len(chunk.indices)
-        self._unserved += len(chunk.indices)
-
-    def _served(self, chunk: _Chunk, count: int) -> None:
-        if not chunk.urgent:
-            self.served_from_read_ahead += count
-        if chunk not in self._chunks:  # let go of while its request waited
-            return
-        left = len(chunk.indices) - chunk.served
-        chunk.served += count
-        self._unserved -= min(count, max(left, 0))
-        if chunk.served >= len(chunk.indices):
-            self._let_go(chunk)
-
-    def _let_go(self, chunk: _Chunk) -> None:
-        if self._chunks.pop(chunk, False) is False:
-            return
-        # Each index is in one held chunk at most (map: no Python loop per index).
-        deque(map(self._where.__delitem__, chunk.indices), maxlen=0)
-        self._held -= len(chunk.indices)
-        self._unserved -= max(len(chunk.indices) - chunk.served, 0)
-
-    # -- tasks ---------------------------------------------------------------
-    def _pump(self) -> None:
-        """Hand queued chunks to the executor, up to max_in_flight."""
-        queue = self._queue
-        while queue and self._in_flight < self.max_in_flight and not self._closed:
-            chunk = queue.popleft()
-            if self.broken:
-                self._fail(chunk, self.broken)
-                continue
-            if chunk.done.done():
-                continue
-            try:
-                task = self.engine.executor.submit(self.engine.task, chunk.indices)
-            except BrokenExecutor:  # found broken before a task told us
-                queue.appendleft(chunk)
-                self._replace_pool(self._pool, "the local worker pool broke")
-                continue
-            self._in_flight += 1
-            asyncio.wrap_future(task).add_done_callback(
-                partial(self._task_done, chunk, self._pool)
-            )
-
-    def _task_done(self, chunk: _Chunk, pool: int, task: asyncio.Future[Chunk]) -> None:
-        self._in_flight -= 1
-        problem = None if task.cancelled() else task.exception()  # (retrieved)
-        if self._closed or task.cancelled():  # cancelled: only at shutdown
-            self._fail(chunk, "server shutting down")
-            return
-        if problem is None:
-            try:
-                self._finish(chunk, *task.result())
-            except Exception as exc:  # a malformed result must not strand requests
-                logger.exception(
-                    "the result of a task for %d samples", len(chunk.indices)
-                )
-                self._fail(chunk, f"a task's result was unusable: {exc!r}")
-        else:
-            chunk.attempts += 1
-            if isinstance(problem, BrokenExecutor):
-                self._replace_pool(pool, f"a local worker process died ({problem})")
-            if self.broken or chunk.attempts >= self.MAX_ATTEMPTS:
-                self._fail(chunk, self.broken or f"{type(problem).__name__}: {problem}")
-            else:
-                self.chunks_remade += 1
-                self._queue.appendleft(chunk)
-        self._pump()
-
-    def _replace_pool(self, pool: int, why: str) -> None:
-        """Once per broken pool: a new one, unless pools keep breaking."""
-        if pool != self._pool:
-            return  # the pool this task ran on has been replaced already
-        self._pool += 1
-        now = time.monotonic()
-        self._restarts.append(now)
-        while now - self._restarts[0] > 60:
-            self._restarts.popleft()
-        if len(self._restarts) > self.MAX_RESTARTS:
-            self.broken = (
-                f"sample workers keep dying ({len(self._restarts)} times in a "
-                f"minute; last: {why}); restart the server after fixing the cause"
-            )
-            logger.error("%s", self.broken)
-            return
-        self.pool_restarts += 1
-        logger.warning(
-            "%s; starting new worker processes and making its unfinished chunks again",
-            why,
-        )
-        self.engine.replace_executor()
-
-    def _finish(
-        self,
-        chunk: _Chunk,
-        parts: list[bytes],
-        offsets: list[int],
-        failures: dict[int, str],
-        seconds: float,
-        cpu_seconds: float,
-    ) -> None:
-        wanted, size = len(chunk.indices), sum(map(len, parts))
-        if len(offsets) != wanted + 1 or offsets[-1] != size or not all(parts):
-            raise ValueError(
-                f"{len(offsets) - 1} samples ({size} bytes in {len(parts)} parts, "
-                f"up to {offsets[-1] if offsets else None}) for {wanted} indices"
-            )
-        self._resize(seconds / wanted, size / wanted)
-        chunk.made_from(parts, offsets)
-        chunk.failed = bool(failures)
-        self.samples_made += wanted - len(failures)
-        if failures:
-            self._record_failures(chunk, failures)
-        else:
-            self._failure_run = 0
-        if self.engine.auto:
-            self._choose_engine(cpu_seconds, wanted, size / wanted)
-        if not chunk.done.done():
-            chunk.done.set_result(None)
-
-    def _resize(self, sample_seconds: float, sample_bytes: float) -> None:
-        """Chunks of about the engine's task_seconds of work and at most
-        MAX_CHUNK_BYTES, and a read-ahead of at least two chunks per worker."""
-        average = self._sample_seconds
-        average = 0.8 * average + 0.2 * sample_seconds if average else sample_seconds
-        self._sample_seconds = average
-        size = int(self.engine.task_seconds / max(average, 1e-9))
-        size = min(size, int(self.MAX_CHUNK_BYTES / max(sample_bytes, 1.0)))
-        self.chunk = max(self.MIN_CHUNK, min(self.MAX_CHUNK, size))
-        wanted = 2 * self.chunk * max(1, self.engine.live_workers())
-        self.read_ahead = max(self.read_ahead, min(self.MAX_READ_AHEAD, wanted))
-
-    def _choose_engine(
-        self, cpu_seconds: float, samples: int, sample_bytes: float
-    ) -> None:
-        """With the default --workers, once CHOOSE_AFTER samples are measured:
-        keep the worker processes, or make samples in this process's thread
-        if making one costs less CPU than receiving it from a process (then
-        the processes only add work: a pool of samples, a memory-mapped
-        array). A sample's cost is its chunk's CPU time, not its duration
-        (the processes share the cores with this one and its clients), in the
-        cheapest chunk: chunks of one near-free source vary by a factor of two
-        or more in CPU per sample (bench/making.py prints the spread), as page
-        faults of fresh memory and a cold cache only ever add to it. The first
-        chunk does not count."""
-        if self._measured is None:
-            self._measured = (float("inf"), 0)
-            return
-        cheapest, count = self._measured
-        if cpu_seconds > 0:  # (Windows counts it in 15.6 ms ticks: may read 0)
-            cheapest = min(cheapest, cpu_seconds / samples)
-        count += samples
-        self._measured = (cheapest, count)
-        if count < self.CHOOSE_AFTER or cheapest == float("inf"):
-            return
-        engine = cast(LocalEngine, self.engine)
-        engine.auto = False  # chosen once, for the server's life
-        making = cheapest
-        receiving = sample_bytes * self.RECEIVE_SECONDS_PER_BYTE
-        if making >= receiving:
-            return
-        engine.make_here()
-        self._pool += 1  # a task the old pool loses is made again, in the thread
-        logger.info(
-            "a sample takes %.2f us to make and would take about %.2f us to "
-            "receive from a worker process: making samples in a thread of the "
-            "server from now on (--workers N keeps N processes)",
-            making * 1e6,
-            receiving * 1e6,
-        )
-
-    def _record_failures(self, chunk: _Chunk, failures: dict[int, str]) -> None:
-        self.samples_failed += len(failures)
-        for index, text in failures.items():
-            self._last_failure = f"index {index}: {text}"
-            if index not in self._failed_logged and len(self._failed_logged) < 10_000:
-                self._failed_logged.add(index)
-                logger.error("the source raised for sample index %d: %s", index, text)
-        for start, end in pairwise(chunk.offsets):  # in order: a run of failures
-            self._failure_run = 0 if end > start else self._failure_run + 1
-        if self._failure_run >= self.FAILURE_RUN and self.broken is None:
-            self.broken = (
-                f"the source raised for each of the last {self._failure_run} "
-                f"samples (last: {self._last_failure}); it is not asked for "
-                "more: fix --source and restart the server"
-            )
-            logger.error("%s", self.broken)
-
-    def _fail(self, chunk: _Chunk, message: str) -> None:
-        self._let_go(chunk)
-        if not chunk.done.done():
-            chunk.done.set_exception(RuntimeError(message))
-            chunk.done.add_done_callback(_consume_exception)
-
-    # -- reporting and shutdown -----------------------------------------------
-    def status(self) -> dict[str, Any]:
-        """Counters for the server's `status` reply."""
-        return {
-            "engine": self.engine.kind,
-            "workers": self.engine.live_workers(),
-            "chunks_in_flight": self._in_flight,
-            "chunks_queued": len(self._queue),
-            "read_ahead": self.read_ahead,
-            "chunk": self.chunk,
-            "samples_ahead": self._unserved,  # made or in the making, not served
-            "samples_held": self._held,  # in memory here, served or not
-            "samples_made": self.samples_made,
-            "samples_failed": self.samples_failed,
-            "samples_served_from_read_ahead": self.served_from_read_ahead,
-            "chunks_remade": self.chunks_remade,
-            "pool_restarts": self.pool_restarts,
-            "worker_pids": self.engine.pids(),
-        }
-
-    def close(self) -> None:
-        """Stop making samples; requests still waiting get an error."""
-        self._closed = True
-        for chunk in [*self._queue, *self._chunks]:
-            self._fail(chunk, "server shutting down")
-        self._queue.clear()
-        self.engine.close()
-
-
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    # A chunk made ahead may fail with nobody awaiting it; don't warn about that.
-    if not future.cancelled():
-        future.exception()
-
-
 FRAGMENT = 2**18  # larger data replies go out in frames of this size
 
 
@@ -1325,18 +520,7 @@ class StreamServer:
         self.source = load_checked_source(spec, source_settings)
         self.dataset_info = self.source.dataset_info()
         self.stream = SampleStream.for_source(self.source)
-        engine: LocalEngine | DaskEngine
-        if settings.cluster:
-            engine = DaskEngine(settings.cluster, spec, source_settings)
-        else:
-            engine = LocalEngine(
-                self.source,
-                spec,
-                source_settings,
-                settings.workers,
-                auto=settings.workers_auto,
-            )
-        self.producer = SampleProducer(engine)
+        self.producer = SampleProducer(self._engine(spec, source_settings))
         self.connections: dict[ServerConnection, Connection] = {}
         self.connections_total = 0
         self.started = time.monotonic()
@@ -1345,6 +529,19 @@ class StreamServer:
         self._reaper: asyncio.Task[None] | None = None
         self._progress: asyncio.Task[None] | None = None
         self._redact: RedactFilter | None = None
+
+    def _engine(self, spec: str, source_settings: dict[str, Any]) -> Engine:
+        """Where samples are made, as the settings say."""
+        settings = self.settings
+        if settings.cluster:
+            from dask_engine import DaskEngine  # Dask is needed for --cluster only
+
+            return DaskEngine(settings.cluster, spec, source_settings)
+        if settings.workers_auto:
+            return DefaultEngine(self.source, spec, source_settings, settings.workers)
+        if settings.workers:
+            return ProcessEngine(spec, source_settings, settings.workers)
+        return ThreadEngine(self.source)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
@@ -1533,10 +730,7 @@ class StreamServer:
                     timeout = HEARTBEAT_PAIRING
                 else:
                     timeout = None  # a training client may not write for minutes
-                try:
-                    if timeout == 0:  # no wait at all (pairing turned off)
-                        raise TimeoutError
-                    # asyncio.timeout, not wait_for: no task per message
+                try:  # asyncio.timeout, not wait_for: no task per message
                     async with asyncio.timeout(timeout):
                         raw = await ws.recv()
                 except TimeoutError:

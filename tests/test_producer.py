@@ -18,8 +18,15 @@ from itertools import pairwise
 import websocket
 from conftest import running_server
 
-from data_simulator import SampleStream, SimulatedHealthData, encode_chunk
-from simulation_streamer import LocalEngine, SampleProducer, _Chunk
+from data_simulator import SampleStream, SimulatedHealthData
+from sample_producer import (
+    Chunk,
+    DefaultEngine,
+    ProcessEngine,
+    SampleProducer,
+    ThreadEngine,
+)
+from sample_sources import MadeChunk, encode_chunk
 
 
 # -- the server: bytes per sample id ---------------------------------------------------
@@ -124,7 +131,7 @@ async def test_read_ahead_memory_stays_bounded_across_rewinds_and_late_skips() -
     source = SimulatedHealthData(seed=4)
     stream = SampleStream.for_source(source)
     spec = "data_simulator:SimulatedHealthData"
-    engine = LocalEngine(source, spec, {"seed": 4}, workers=1)
+    engine = ProcessEngine(spec, {"seed": 4}, workers=1)
     producer = SampleProducer(engine, read_ahead=256)
     rng = random.Random(5)
     checked = 0
@@ -168,10 +175,10 @@ def test_a_source_giving_the_wrong_number_of_samples_fails_those_indices() -> No
         def samples_json(self, indices: list[int]) -> list[str]:
             return super().samples_json(indices)[:-1]
 
-    parts, offsets, failures, *_ = encode_chunk(Short(seed=0), [4, 5, 6])
-    assert (parts, offsets) == ([], [0, 0, 0, 0])  # no bytes for any of them
-    assert sorted(failures) == [4, 5, 6]
-    assert "samples_json gave 0 samples for 1 indices" in failures[5], failures
+    made = encode_chunk(Short(seed=0), [4, 5, 6])
+    assert (made.blob, made.offsets) == (b"", [0, 0, 0, 0])  # no bytes for any
+    assert sorted(made.failures) == [4, 5, 6]
+    assert "samples_json gave 0 samples for 1 indices" in made.failures[5]
 
 
 def test_a_chunk_locates_its_samples_by_bytes_even_for_non_ascii_text() -> None:
@@ -187,8 +194,7 @@ def test_a_chunk_locates_its_samples_by_bytes_even_for_non_ascii_text() -> None:
                 for i in indices
             ]
 
-    parts, offsets, failures, *_ = encode_chunk(Accented(seed=0), [3, 1, 2])
-    blob = b"".join(parts)
+    blob, offsets, failures, _ = encode_chunk(Accented(seed=0), [3, 1, 2])
     assert not failures and offsets[-1] == len(blob)
     samples = [json.loads(blob[a : b - 1]) for a, b in pairwise(offsets)]
     assert [s["prompt"] for s in samples] == ["café ☕" * i for i in (3, 1, 2)]
@@ -210,8 +216,7 @@ async def test_large_samples_get_chunks_of_bounded_bytes() -> None:
 
     source = Large()
     stream = SampleStream.for_source(source)
-    engine = LocalEngine(source, "data_simulator:SimulatedHealthData", {}, workers=0)
-    producer = SampleProducer(engine)
+    producer = SampleProducer(ThreadEngine(source))
     try:
         producer.prefetch(stream.peek)
         for _ in range(6):
@@ -234,53 +239,57 @@ def test_an_empty_sample_text_takes_no_bytes_and_leaves_its_neighbours_whole() -
             texts = super().samples_json(indices)
             return ["" if i == 5 else t for i, t in zip(indices, texts, strict=True)]
 
-    parts, offsets, *_ = encode_chunk(Gap(seed=0), [4, 5, 6])
-    blob = b"".join(parts)
+    blob, offsets, *_ = encode_chunk(Gap(seed=0), [4, 5, 6])
     assert offsets[-1] == len(blob) and offsets[1] == offsets[2]
     kept = [json.loads(blob[a : b - 1]) for a, b in pairwise(offsets) if b > a]
     assert [s["sample_id"] for s in kept] == ["sample_4", "sample_6"]
 
 
-async def test_a_run_of_samples_across_parts_of_a_chunk_comes_out_whole() -> None:
-    # A chunk's bytes are a few parts (one per ENCODE_SLICE samples); a reply
-    # that crosses from one part into the next must still be every sample of
-    # the run, in order, with nothing cut or doubled at the seam, also when
-    # the samples on either side of the seam failed.
-    class FailsAtSeams(SimulatedHealthData):
+async def test_a_span_of_samples_comes_out_whole_around_failed_ones() -> None:
+    # A reply is a slice of a chunk's blob: it must hold every sample of the
+    # span, in order, with nothing cut or doubled, also when samples inside
+    # the span or at its edges failed (they take no bytes). The failures sit
+    # where the source is asked for a new slice of ENCODE_SLICE samples.
+    class FailsAtSlices(SimulatedHealthData):
         def samples_json(self, indices: list[int]) -> list[str]:
             if 511 in indices or 1024 in indices:
-                raise ValueError("a seam sample")
+                raise ValueError("a sample at a slice's edge")
             return super().samples_json(indices)
 
     for source, missing in (
         (SimulatedHealthData(seed=0), set()),
-        (FailsAtSeams(seed=0), {511, 1024}),
+        (FailsAtSlices(seed=0), {511, 1024}),
     ):
-        chunk = _Chunk(list(range(1200)))
-        parts, offsets, failures, *_ = encode_chunk(source, chunk.indices)
-        assert len(parts) == 3 and set(failures) == missing
-        chunk.made_from(parts, offsets)
-        chunk.failed = bool(failures)
+        chunk = Chunk(list(range(1200)))
+        made = encode_chunk(source, chunk.indices)
+        assert set(made.failures) == missing
+        chunk.made_from(made)
         texts = SimulatedHealthData(seed=0).samples_json(range(1200))
         for start, stop in [
             (0, 1200),
             (500, 530),
             (511, 513),
-            (512, 513),
+            (511, 512),
             (1023, 1025),
             (300, 1100),
         ]:
-            pieces, made = chunk.run(start, stop)
+            piece, count = chunk.samples(start, stop)
             kept = [
                 t for i, t in enumerate(texts[start:stop], start) if i not in missing
             ]
-            assert made == len(kept), (start, stop)
-            assert all(pieces) and b"".join(pieces) == comma_terminated(kept)
+            assert count == len(kept), (start, stop)
+            assert bytes(piece) == comma_terminated(kept)
 
 
 def comma_terminated(texts: Iterable[str]) -> bytes:
     """Sample texts as a chunk holds them: UTF-8, each followed by a comma."""
     return "".join(text + "," for text in texts).encode()
+
+
+def made_like(samples: int, seconds_each: float, bytes_each: int) -> MadeChunk:
+    """A made chunk of `samples` samples that took `seconds_each` apiece."""
+    offsets = list(range(0, samples * bytes_each + 1, bytes_each))
+    return MadeChunk(b"x" * offsets[-1], offsets, {}, samples * seconds_each)
 
 
 @contextmanager
@@ -289,7 +298,7 @@ def default_workers_producer() -> Iterator[tuple[SimulatedHealthData, SampleProd
     over to the thread, as with the default --workers; closed after."""
     source = SimulatedHealthData(seed=0)
     spec = "data_simulator:SimulatedHealthData"
-    engine = LocalEngine(source, spec, {"seed": 0}, workers=1, auto=True)
+    engine = DefaultEngine(source, spec, {"seed": 0}, workers=1)
     producer = SampleProducer(engine)
     try:
         yield source, producer
@@ -300,36 +309,43 @@ def default_workers_producer() -> Iterator[tuple[SimulatedHealthData, SampleProd
 async def test_a_chunk_lost_by_the_processes_after_the_hand_over_is_remade() -> None:
     # Once the default workers hand over to the thread, the old pool may
     # still break (a worker killed with a task in hand): its chunk is made
-    # again, in the thread, and the thread's executor is not torn down.
+    # again, in the thread, and the thread is not replaced.
     with default_workers_producer() as (source, producer):
         engine = producer.engine
-        old_pool = producer._pool
+        old_generation = engine.generation
         for _ in range(2):  # the first chunk does not count
-            producer._choose_engine(1e-7 * 2048, 2048, 800.0)  # 0.1 us a sample
-        assert engine.kind == "thread" and not engine.auto
-        thread_pool = engine.executor
-        chunk = _Chunk([7, 8, 9])
-        producer._hold(chunk)
+            engine.observe(made_like(2048, 1e-7, 800))  # 0.1 us a sample
+        assert engine.kind == "thread" and engine.generation != old_generation
+        new_generation = engine.generation
+        chunk = Chunk([7, 8, 9])
+        producer.held.hold(chunk)
         lost = asyncio.get_running_loop().create_future()
         lost.set_exception(BrokenProcessPool("a worker died"))
         producer._in_flight += 1
-        producer._task_done(chunk, old_pool, lost)
+        producer._task_done(chunk, old_generation, lost)
         await asyncio.wait_for(asyncio.shield(chunk.done), 10)
-        assert engine.executor is thread_pool and producer.pool_restarts == 0
-        pieces, made = chunk.run(0, 3)
+        assert engine.generation == new_generation and producer.pool_restarts == 0
+        piece, made = chunk.samples(0, 3)
         texts = source.samples_json([7, 8, 9])
-        assert made == 3 and b"".join(pieces) == comma_terminated(texts)
+        assert made == 3 and bytes(piece) == comma_terminated(texts)
         assert producer.status()["chunks_remade"] == 1
 
 
-async def test_the_engine_is_chosen_on_chunks_whose_cpu_time_was_seen() -> None:
-    # A clock that counts thread time in ticks (Windows: 15.6 ms) reads 0
-    # for a short chunk of real work: such readings must not pass for free
-    # samples (the default source would be moved off the worker processes).
+async def test_the_default_engine_judges_a_sample_by_its_wall_time() -> None:
+    # A source that waits (a remote file, a database) uses hardly any CPU
+    # yet takes milliseconds a sample: it keeps its processes, which wait in
+    # parallel, even for large samples. A near-free one goes to the thread.
     with default_workers_producer() as (_, producer):
         engine = producer.engine
         for _ in range(40):  # the first chunk does not count; then 39 x 64
-            producer._choose_engine(0.0, 64, 800.0)
-        assert engine.auto and engine.kind == "processes"  # nothing seen yet
-        producer._choose_engine(64 * 1e-4, 64, 800.0)  # 0.1 ms a sample
-        assert not engine.auto and engine.kind == "processes"  # chosen: stays
+            engine.observe(made_like(64, 3e-3, 64 * 1024))  # 3 ms, 64 KiB
+        assert not engine.choosing and engine.kind == "processes"
+    with default_workers_producer() as (_, producer):
+        engine = producer.engine
+        for _ in range(16):
+            engine.observe(made_like(64, 3e-3, 800))
+        assert engine.choosing and engine.kind == "processes"  # 1,024 not seen
+        engine.observe(made_like(64, 3e-3, 800))
+        assert not engine.choosing and engine.kind == "processes"  # chosen: stays
+        engine.observe(made_like(4096, 1e-7, 800))  # too late: chosen once
+        assert engine.kind == "processes"

@@ -14,7 +14,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-from data_simulator import SampleSource, SampleStream, SimulatedHealthData, sample_id
+from data_simulator import SampleStream, SimulatedHealthData, sample_id
+from sample_sources import SampleSource
 
 # The tutorial's keys, then this server's own.
 STATUS_KEYS = {"current_position", "max_iterations", "remaining_iterations"} | {

@@ -21,7 +21,7 @@ from conftest import ROOT, running_server
 from eir_like_client import EirLikeClient
 
 import stream_encoders as enc
-from simulation_streamer import load_checked_source as load_source
+from sample_sources import load_checked_source as load_source
 
 SETTINGS = {"seed": 3, "sequence_length": 64, "max_iterations": 30}
 
@@ -263,7 +263,7 @@ def bad_specs(folder: Path) -> list[tuple[str, str]]:
         ("rows_plugin:not_callable", "not_callable is a int, not a callable factory"),
         (
             "rows_plugin:make_incomplete",
-            "the Incomplete it made does not fit SampleSource (data_simulator.py): "
+            "the Incomplete it made does not fit SampleSource (sample_sources.py): "
             "no dataset_info() method; no index_of() method; num_samples is "
             "'all of them'",
         ),

@@ -96,7 +96,7 @@ def square_origin(group: int) -> tuple[int, int]:
 
 
 class MultimodalSource:
-    """The sample source: the `SampleSource` interface of data_simulator.py."""
+    """The sample source: the `SampleSource` interface of sample_sources.py."""
 
     def __init__(self, seed: int = 0, max_iterations: int | None = None) -> None:
         if max_iterations is not None and max_iterations < 0:
