@@ -551,7 +551,9 @@ class SampleProducer:
 
     # Near-free samples want big chunks (a task costs a fixed amount of
     # shipping); much larger ones would hold the GIL for long in a thread.
-    MIN_CHUNK, FIRST_CHUNK, MAX_CHUNK = 8, 64, 16384
+    # Until a sample is measured, chunks are as small as they get: the first
+    # tasks of a slow source must not hold up the requests behind them.
+    MIN_CHUNK, MAX_CHUNK = 8, 16384
     MAX_CHUNK_BYTES = 16 * 2**20  # large samples get smaller chunks
     MAX_READ_AHEAD = 2 * MAX_CHUNK
     MAX_ATTEMPTS = 3
@@ -562,7 +564,7 @@ class SampleProducer:
     def __init__(self, engine: Engine, read_ahead: int = 1024) -> None:
         self.engine = engine
         self.read_ahead = read_ahead
-        self.chunk_size = self.FIRST_CHUNK  # samples per task, until measured
+        self.chunk_size = self.MIN_CHUNK  # samples per task, until measured
         self.held = HeldChunks()
         self.failures = FailureLog()
         self._sample_seconds = 0.0  # a moving average, once measured
