@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 from data_simulator import SimulatedHealthData
 
-
 POOL = 256  # distinct (prompt, trace) pairs, made once
 
 

@@ -56,15 +56,17 @@ def samples_per_second(factory: str, *args: str, batches: int = 30) -> float:
     enough samples to settle on its engine (the default workers choose after
     1,024 samples)."""
     spec = f"{WAITING}:{factory}"
-    with ServerProcess("--port", "0", "--source", spec, *args) as server:
-        with connection(server.url) as ws:
-            for _ in range(60):  # 1,920 samples at most
-                get_data(ws, 32)
-                if made(ws) >= 1200:
-                    break
-            began = time.perf_counter()
-            served = sum(get_data(ws, 32) for _ in range(batches))
-            seconds = time.perf_counter() - began
+    with (
+        ServerProcess("--port", "0", "--source", spec, *args) as server,
+        connection(server.url) as ws,
+    ):
+        for _ in range(60):  # 1,920 samples at most
+            get_data(ws, 32)
+            if made(ws) >= 1200:
+                break
+        began = time.perf_counter()
+        served = sum(get_data(ws, 32) for _ in range(batches))
+        seconds = time.perf_counter() - began
     assert served == 32 * batches
     return served / seconds
 
