@@ -100,6 +100,13 @@ def load_source(spec: str, settings: dict[str, Any]) -> SampleSource:
         raise ValueError(
             f"--source {spec!r}: {attr}(...) failed: {type(exc).__name__}: {exc}"
         ) from exc
+    _check_made_source(source, spec)
+    return source
+
+
+def _check_made_source(source: Any, spec: str) -> None:
+    """ValueError unless what the factory made fits SampleSource and
+    describes its data."""
     problems = _interface_problems(source)
     if problems:
         raise ValueError(
@@ -117,7 +124,6 @@ def load_source(spec: str, settings: dict[str, Any]) -> SampleSource:
             f"--source {spec!r}: dataset info needs 'inputs' and 'outputs' dicts, "
             f"got {info!r:.80}"
         )
-    return source
 
 
 def load_checked_source(spec: str, settings: dict[str, Any]) -> SampleSource:

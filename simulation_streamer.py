@@ -108,14 +108,24 @@ PHASES: dict[Phase, dict[Event, Phase]] = {  # phase -> {event -> next phase}
     CLOSED: {},
 }
 
+class Request(StrEnum):  # the message types a READY connection accepts
+    GET_INFO = "getInfo"
+    GET_DATA = "getData"
+    HEARTBEAT = "heartbeat"
+    RESET = "reset"
+    STATUS = "status"
+    SET_VALIDATION_IDS = "setValidationIds"
+    HANDSHAKE = "handshake"
+
+
 REQUESTS: dict[str, str] = {  # message type (in READY) -> handler method
-    "getInfo": "_on_get_info",
-    "getData": "_on_get_data",
-    "heartbeat": "_on_heartbeat",
-    "reset": "_on_reset",
-    "status": "_on_status",
-    "setValidationIds": "_on_set_validation_ids",
-    "handshake": "_on_repeated_handshake",
+    Request.GET_INFO: "_on_get_info",
+    Request.GET_DATA: "_on_get_data",
+    Request.HEARTBEAT: "_on_heartbeat",
+    Request.RESET: "_on_reset",
+    Request.STATUS: "_on_status",
+    Request.SET_VALIDATION_IDS: "_on_set_validation_ids",
+    Request.HANDSHAKE: "_on_repeated_handshake",
 }
 
 # EIR's training loop sends `heartbeat` and `getData` back to back for every
@@ -248,7 +258,7 @@ class Connection:
                 self.id,
                 kind if kind in REQUESTS else excerpt(kind),
             )
-            if owed_heartbeat and not (kind == "getData" and self.phase == READY):
+            if owed_heartbeat and not (kind == Request.GET_DATA and self.phase == READY):
                 outputs.append(HEARTBEAT)
                 owed_heartbeat = False
             if self.phase == AWAITING_HANDSHAKE:
@@ -297,7 +307,7 @@ class Connection:
 
     # -- handlers: each returns its replies or raises BadMessage ------------
     def _on_handshake(self, message: dict[str, Any]) -> list[Output]:
-        if message["type"] != "handshake":
+        if message["type"] != Request.HANDSHAKE:
             raise BadMessage(
                 f"expected a handshake first, got {excerpt(message['type'])}; "
                 f'send {{"type": "handshake", "version": "{PROTOCOL_VERSION}"}}'
@@ -1008,6 +1018,29 @@ async def run(
     settings: Settings, ready: Callable[[StreamServer], None] | None = None
 ) -> int:
     """Serve until SIGINT/SIGTERM; return the process exit status."""
+    server = await started_server(settings)
+    if isinstance(server, int):
+        return server
+    stop = asyncio.Event()
+    stop_on_signals(stop)  # before the "listening" line: a script may act on it
+    announce(server)
+    if ready is not None:
+        ready(server)
+    await stop.wait()
+    open_now = len(server.connections)
+    await server.stop()
+    logger.info(
+        "stopped: %d connections served (%d closed at shutdown), %d samples served",
+        server.connections_total,
+        open_now,
+        server.stream.status()["samples_served_total"],
+    )
+    return 0
+
+
+async def started_server(settings: Settings) -> StreamServer | int:
+    """A listening server, or the exit status after one line on what failed:
+    2 for an unusable source, cluster or TLS file, 1 when it cannot listen."""
     try:
         server = StreamServer(settings)
     except ValueError as exc:
@@ -1029,6 +1062,13 @@ async def run(
             exc.strerror or exc,
         )
         return 1
+    return server
+
+
+def announce(server: StreamServer) -> None:
+    """The "listening" line (with the URL for the configs), and a warning
+    when anyone who can reach the port can read the data."""
+    settings = server.settings
     if (
         settings.host not in ("127.0.0.1", "localhost", "::1")
         and settings.token is None
@@ -1038,9 +1078,13 @@ async def run(
             "can read the data",
             settings.host,
         )
-    stop = asyncio.Event()
-    stop_on_signals(stop)  # before the "listening" line: a script may act on it
     bound = settings.max_iterations
+    if settings.cluster:
+        makers = f"the Dask cluster at {settings.cluster}"
+    elif settings.workers:
+        makers = f"{settings.workers} local processes"
+    else:
+        makers = "a thread of the server process"
     logger.info(
         "listening; put this in input_source/output_source: %s "
         "(%s, sequence length %d, seed %d; samples made by %s)",
@@ -1048,24 +1092,8 @@ async def run(
         "unbounded stream" if bound is None else f"{bound} samples per pass",
         settings.sequence_length,
         settings.seed,
-        f"the Dask cluster at {settings.cluster}"
-        if settings.cluster
-        else f"{settings.workers} local processes"
-        if settings.workers
-        else "a thread of the server process",
+        makers,
     )
-    if ready is not None:
-        ready(server)
-    await stop.wait()
-    open_now = len(server.connections)
-    await server.stop()
-    logger.info(
-        "stopped: %d connections served (%d closed at shutdown), %d samples served",
-        server.connections_total,
-        open_now,
-        server.stream.status()["samples_served_total"],
-    )
-    return 0
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

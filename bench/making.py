@@ -1,17 +1,15 @@
 """What making and shipping a chunk of near-free samples costs, per sample.
 
-The numbers behind two choices in the server, measured in this process:
+The numbers behind the default workers' choice (sample_producer.DefaultEngine),
+measured in this process:
 
-  1. `data_simulator.encode_chunk` keeps a chunk as its 512-sample parts.
-     Compared: the parts as made, and the same parts joined into one blob
-     afterwards (what a chunk was before): wall time per sample, median of
-     --chunks chunks of 16,384 near-free samples (bench/pool_source.py).
-  2. `SampleProducer.RECEIVE_SECONDS_PER_BYTE`: the CPU this process spends
+  1. making a chunk of 16,384 near-free samples (bench/pool_source.py) in
+     this process: wall time per sample, median of --chunks chunks;
+  2. `DefaultEngine.RECEIVE_SECONDS_PER_BYTE`: the CPU this process spends
      receiving chunks made by a ProcessPoolExecutor worker (the pool's
      result-reading thread and the unpickling), per sample and per byte,
-     next to the CPU the worker spent making them (the `thread_time` each
-     chunk reports: the server's default workers compare the two to decide
-     whether a source is better made in the server's own thread).
+     next to the wall time the worker took per sample (what each chunk
+     reports, and what the default workers compare with the receiving cost).
 
     python bench/making.py
 """
@@ -31,32 +29,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.pool_source import make_source  # noqa: E402
-from data_simulator import encode_chunk, make_chunk  # noqa: E402
+from sample_sources import encode_chunk, make_chunk  # noqa: E402
 
 POOL_SOURCE = str(ROOT / "bench" / "pool_source.py") + ":make_source"
 CHUNK = 16384
 
 
-def making(chunks: int) -> tuple[float, float]:
-    """Median ns per sample: parts as made, and parts joined into one blob."""
+def making(chunks: int) -> float:
+    """Median ns per sample of making a chunk in this process."""
     source = make_source()
     kept: list[object] = []  # a few chunks alive, as in the server's read-ahead
-    as_parts, as_blob = [], []
+    times = []
     start = 10**6
     for _ in range(chunks):
-        for times, join in ((as_parts, False), (as_blob, True)):
-            began = time.perf_counter()
-            chunk = encode_chunk(source, list(range(start, start + CHUNK)))
-            made = b"".join(chunk[0]) if join else chunk
-            times.append((time.perf_counter() - began) / CHUNK * 1e9)
-            kept = [*kept[-3:], made]
-            start += CHUNK
-    return statistics.median(as_parts), statistics.median(as_blob)
+        began = time.perf_counter()
+        made = encode_chunk(source, list(range(start, start + CHUNK)))
+        times.append((time.perf_counter() - began) / CHUNK * 1e9)
+        kept = [*kept[-3:], made]
+        start += CHUNK
+    return statistics.median(times)
 
 
 def receiving(chunks: int) -> tuple[float, float, list[float]]:
     """(this process's CPU per sample received, its bytes per sample, the
-    worker's CPU per sample of each chunk) for chunks made by one worker."""
+    worker's wall time per sample of each chunk) for chunks made by one
+    worker."""
     settings = (("max_iterations", None), ("seed", 0), ("sequence_length", 64))
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=context) as pool:
@@ -73,8 +70,8 @@ def receiving(chunks: int) -> tuple[float, float, list[float]]:
         ]
         results = [future.result() for future in futures]
         cpu = time.process_time() - cpu_before
-    size = sum(len(part) for result in results for part in result[0])
-    made = [result[4] / CHUNK * 1e6 for result in results]
+    size = sum(len(result.blob) for result in results)
+    made = [result.seconds / CHUNK * 1e6 for result in results]
     return cpu / (chunks * CHUNK), size / (chunks * CHUNK), made
 
 
@@ -85,11 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.chunks < 1:
         parser.error(f"--chunks must be at least 1, got {args.chunks}")
     print(f"python bench/making.py --chunks {args.chunks}", flush=True)
-    parts_ns, blob_ns = making(args.chunks)
     print(
-        f"making a chunk of {CHUNK:,} near-free samples: {parts_ns:.0f} ns/sample "
-        f"kept as parts, {blob_ns:.0f} ns/sample joined into one blob "
-        f"({blob_ns / parts_ns:.2f}x)"
+        f"making a chunk of {CHUNK:,} near-free samples here: "
+        f"{making(args.chunks):.0f} ns/sample"
     )
     cpu, size, made = receiving(args.chunks)
     print(
@@ -98,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({cpu / size * 1e9:.2f} ns per byte)"
     )
     print(
-        "the worker's CPU per sample, by chunk: "
+        "the worker's wall time per sample, by chunk: "
         f"min {min(made):.2f}, median {statistics.median(made):.2f}, "
         f"max {max(made):.2f} us"
     )
