@@ -126,7 +126,7 @@ class ProcessEngine:
     source by its spec once (`make_chunk`)."""
 
     kind = "processes"
-    task_seconds = 0.05  # a local task costs about a tenth of a millisecond
+    task_seconds = 0.05  # a local task's own cost is a small part of this
 
     def __init__(self, spec: str, settings: dict[str, Any], workers: int) -> None:
         if workers < 1:
@@ -264,7 +264,7 @@ class DefaultEngine:
 
     Receiving a sample from a worker process (the pipe, the unpickling)
     costs this process CPU in proportion to its bytes. A source whose
-    samples take less time to make than that (a pool of samples, a
+    samples take less time to make than that (samples made once, a
     memory-mapped array) only loses by the processes, so the engine hands
     over to a thread of the server, once and for good. It judges a sample by
     the wall time its making took, waiting included: a source that waits on
@@ -463,7 +463,7 @@ class HeldChunks:
 def spans_of(
     indices: list[int], chunk_of: Callable[[int], Chunk | None]
 ) -> list[Span] | None:
-    """`indices` as runs of consecutive samples of made chunks; None if one
+    """`indices` as spans of consecutive samples of made chunks; None if one
     of them is not made (or not even asked for) yet."""
     spans: list[Span] = []
     at, wanted = 0, len(indices)
@@ -481,23 +481,23 @@ def spans_of(
 
 
 class FailureLog:
-    """Samples the source raised for: each logged once and counted. A run of
-    FAILURE_RUN failures in a row means the source is broken; `broken` then
+    """Samples the source raised for: each logged once and counted.
+    FAILURES_IN_A_ROW failures in a row mean the source is broken; `broken` then
     says why, and the server answers `getData` with it."""
 
-    FAILURE_RUN = 64
+    FAILURES_IN_A_ROW = 64
     LOGGED = 10_000  # distinct indices logged at most
 
     def __init__(self) -> None:
         self.count = 0
         self.last = ""
         self.broken: str | None = None
-        self._run = 0
+        self._in_a_row = 0
         self._logged: set[int] = set()
 
     def record(self, chunk: Chunk, failures: dict[int, str]) -> None:
         if not failures:
-            self._run = 0
+            self._in_a_row = 0
             return
         self.count += len(failures)
         for index, text in failures.items():
@@ -505,11 +505,11 @@ class FailureLog:
             if index not in self._logged and len(self._logged) < self.LOGGED:
                 self._logged.add(index)
                 logger.error("the source raised for sample index %d: %s", index, text)
-        for start, end in pairwise(chunk.offsets):  # in order: a run of failures
-            self._run = 0 if end > start else self._run + 1
-        if self._run >= self.FAILURE_RUN and self.broken is None:
+        for start, end in pairwise(chunk.offsets):  # in order: failures in a row
+            self._in_a_row = 0 if end > start else self._in_a_row + 1
+        if self._in_a_row >= self.FAILURES_IN_A_ROW and self.broken is None:
             self.broken = (
-                f"the source raised for each of the last {self._run} "
+                f"the source raised for each of the last {self._in_a_row} "
                 f"samples (last: {self.last}); it is not asked for "
                 "more: fix --source and restart the server"
             )
@@ -523,7 +523,7 @@ class SampleProducer:
     """The `data` replies for stream indices, made by an engine.
 
     `prefetch` keeps the stream's next `read_ahead` indices made or in the
-    making, in chunks. A request is usually a run of consecutive samples of
+    making, in chunks. A request is usually a span of consecutive samples of
     one or two made chunks, so its reply is a slice of each and no work per
     sample. A sample depends on its index alone, so a sample made ahead stays
     right whatever the stream does: after a rewind it is served when its

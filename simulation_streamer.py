@@ -108,7 +108,8 @@ PHASES: dict[Phase, dict[Event, Phase]] = {  # phase -> {event -> next phase}
     CLOSED: {},
 }
 
-class Request(StrEnum):  # the message types a READY connection accepts
+
+class MessageType(StrEnum):  # the requests a READY connection accepts
     GET_INFO = "getInfo"
     GET_DATA = "getData"
     HEARTBEAT = "heartbeat"
@@ -119,13 +120,13 @@ class Request(StrEnum):  # the message types a READY connection accepts
 
 
 REQUESTS: dict[str, str] = {  # message type (in READY) -> handler method
-    Request.GET_INFO: "_on_get_info",
-    Request.GET_DATA: "_on_get_data",
-    Request.HEARTBEAT: "_on_heartbeat",
-    Request.RESET: "_on_reset",
-    Request.STATUS: "_on_status",
-    Request.SET_VALIDATION_IDS: "_on_set_validation_ids",
-    Request.HANDSHAKE: "_on_repeated_handshake",
+    MessageType.GET_INFO: "_on_get_info",
+    MessageType.GET_DATA: "_on_get_data",
+    MessageType.HEARTBEAT: "_on_heartbeat",
+    MessageType.RESET: "_on_reset",
+    MessageType.STATUS: "_on_status",
+    MessageType.SET_VALIDATION_IDS: "_on_set_validation_ids",
+    MessageType.HANDSHAKE: "_on_repeated_handshake",
 }
 
 # EIR's training loop sends `heartbeat` and `getData` back to back for every
@@ -178,17 +179,17 @@ def excerpt(value: Any) -> str:
 
 
 def index_ranges(indices: Sequence[int]) -> str:
-    """Stream indices in order as compact runs for DEBUG logs: "0-31,40,42-50"."""
-    runs: list[str] = []
+    """Stream indices in order as compact ranges for DEBUG logs: "0-31,40,42-50"."""
+    ranges: list[str] = []
     start = previous = None
     for index in [*indices, None]:
         if start is not None and index == previous + 1:
             previous = index
             continue
         if start is not None:
-            runs.append(str(start) if start == previous else f"{start}-{previous}")
+            ranges.append(str(start) if start == previous else f"{start}-{previous}")
         start = previous = index
-    return ",".join(runs)
+    return ",".join(ranges)
 
 
 def error(message: str) -> Reply:
@@ -258,7 +259,9 @@ class Connection:
                 self.id,
                 kind if kind in REQUESTS else excerpt(kind),
             )
-            if owed_heartbeat and not (kind == Request.GET_DATA and self.phase == READY):
+            if owed_heartbeat and not (
+                kind == MessageType.GET_DATA and self.phase == READY
+            ):
                 outputs.append(HEARTBEAT)
                 owed_heartbeat = False
             if self.phase == AWAITING_HANDSHAKE:
@@ -307,7 +310,7 @@ class Connection:
 
     # -- handlers: each returns its replies or raises BadMessage ------------
     def _on_handshake(self, message: dict[str, Any]) -> list[Output]:
-        if message["type"] != Request.HANDSHAKE:
+        if message["type"] != MessageType.HANDSHAKE:
             raise BadMessage(
                 f"expected a handshake first, got {excerpt(message['type'])}; "
                 f'send {{"type": "handshake", "version": "{PROTOCOL_VERSION}"}}'

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from data_simulator import SimulatedHealthData
 
-POOL = 256  # distinct (prompt, trace) pairs, made once
+DISTINCT = 256  # (prompt, trace) pairs, made once
 
 
 class Waiting(SimulatedHealthData):
@@ -23,11 +23,11 @@ class Waiting(SimulatedHealthData):
         super().__init__(**settings)
         self.wait = wait
         self.filler = "x" * padding
-        self.pool = [SimulatedHealthData.simulate(self, k) for k in range(POOL)]
+        self.made = [SimulatedHealthData.simulate(self, k) for k in range(DISTINCT)]
 
     def simulate(self, index: int) -> tuple[str, str]:
-        """A pooled (prompt, trace): making a sample costs next to no CPU."""
-        return self.pool[index % POOL]
+        """A (prompt, trace) made once: a sample costs next to no CPU."""
+        return self.made[index % DISTINCT]
 
     def samples_json(self, indices: Sequence[int]) -> list[str]:
         time.sleep(self.wait * len(indices))
