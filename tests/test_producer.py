@@ -11,6 +11,7 @@ import asyncio
 import json
 import random
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from itertools import pairwise
@@ -349,3 +350,85 @@ async def test_the_default_engine_judges_a_sample_by_its_wall_time() -> None:
         assert not engine.choosing and engine.kind == "processes"  # chosen: stays
         engine.observe(made_like(4096, 1e-7, 800))  # too late: chosen once
         assert engine.kind == "processes"
+
+
+# -- the order of work: a fake engine whose tasks end when the test says -----------
+class HeldEngine:
+    """An `Engine` whose tasks finish only when `finish` is called."""
+
+    kind, task_seconds, generation = "held", 0.05, 0
+
+    def __init__(self, source: SimulatedHealthData) -> None:
+        self.source = source
+        self.tasks: list[tuple[list[int], Future[MadeChunk]]] = []
+
+    def submit(self, indices: list[int]) -> Future[MadeChunk]:
+        self.tasks.append((indices, Future()))
+        return self.tasks[-1][1]
+
+    def finish(self, number: int) -> None:
+        indices, task = self.tasks[number]
+        task.set_result(encode_chunk(self.source, indices))
+
+    def live_workers(self) -> int:
+        return 1
+
+    def observe(self, made: MadeChunk) -> None: ...
+    def restart(self) -> None: ...
+    def heal(self) -> None: ...
+    def why_waiting(self) -> str:
+        return "held by the test"
+
+    def pids(self) -> list[int]:
+        return []
+
+    def close(self) -> None: ...
+
+
+async def settle() -> None:
+    for _ in range(5):  # a finished task reaches the loop through call_soon
+        await asyncio.sleep(0)
+
+
+async def test_a_request_s_own_queued_chunk_goes_ahead_of_read_ahead() -> None:
+    source = SimulatedHealthData(seed=0)
+    stream = SampleStream.for_source(source)
+    engine = HeldEngine(source)
+    producer = SampleProducer(engine, read_ahead=64)  # 8 chunks of 8
+    producer.prefetch(stream.peek)
+    assert [indices for indices, _ in engine.tasks] == [list(range(8)), [*range(8, 16)]]
+    request = asyncio.ensure_future(producer.message(list(range(48, 56))))
+    await settle()
+    assert producer.status()["chunks_queued"] == 6
+    engine.finish(0)  # a worker is free: the request's chunk is next, not 16-23
+    await settle()
+    assert engine.tasks[2][0] == list(range(48, 56))
+    engine.finish(2)
+    message, served = await asyncio.wait_for(request, 5)
+    assert served == 8 and message.count(b'"sample_id"') == 8
+    producer.close()
+
+
+async def test_read_ahead_left_behind_by_a_rewind_leaves_the_queue() -> None:
+    source = SimulatedHealthData(seed=0)
+    stream = SampleStream.for_source(source)
+    engine = HeldEngine(source)
+    producer = SampleProducer(engine, read_ahead=64)
+    stream.take("c", 1000)
+    producer.prefetch(stream.peek)  # 1000..1063: two chunks at work, six queued
+    assert producer.status()["chunks_queued"] == 6
+    stream.reset("c")  # alone: back to sample 0
+    request = asyncio.ensure_future(producer.message(stream.take("c", 8)))
+    await settle()
+    producer.prefetch(stream.peek)  # after a miss: the stream wants 8..71 now
+    queued = [chunk.indices for chunk in producer._queue]
+    assert queued[0] == list(range(8)), queued  # the request's own chunk first
+    assert all(8 <= index < 72 for indices in queued[1:] for index in indices)
+    assert len(queued) == 1 + 8, queued  # 1016..1063 are gone
+    engine.finish(0), engine.finish(1)
+    await settle()
+    assert engine.tasks[2][0] == list(range(8))  # the next task is the request's
+    engine.finish(2)
+    _, served = await asyncio.wait_for(request, 5)
+    assert served == 8
+    producer.close()
