@@ -911,7 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=nonnegative_int,
         default=None,
         help="local processes that make samples (default: one per core, or a "
-        "thread of the server process for samples cheaper to make than to "
+        "thread of the server process for samples quicker to make than to "
         "receive from a process; 0: that thread)",
     )
     add(

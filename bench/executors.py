@@ -19,7 +19,7 @@ each reply parsed in full):
      samples made once, then served again and again).
 
 Baselines measured in this process in the same run: the plain `randint`
-generator (tests/plain_simulation.py, best of five short runs, timed right
+generator (bench/plain_simulation.py, best of five short runs, timed right
 before each default-source run it is compared with) and the heavy source's
 time per sample. Rates are steady state: samples a client received in the
 second half of its run divided by that half's length, so the read-ahead the
@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.heavy_source import make_source as make_heavy_source  # noqa: E402
+from bench.plain_simulation import plain_simulate_sample  # noqa: E402
 from bench.throughput import (  # noqa: E402
     LARGE_BATCH,
     HelpFormatter,
@@ -69,7 +70,6 @@ from bench.throughput import (  # noqa: E402
     status_client,
     streaming_client,
 )
-from tests.plain_simulation import plain_simulate_sample  # noqa: E402
 
 HEAVY_SOURCE = "bench/heavy_source.py:make_source"
 POOL_SOURCE = "bench/pool_source.py:make_source"

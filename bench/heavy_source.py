@@ -9,6 +9,10 @@ cannot be skipped, every sample depends only on its index, and the samples
 fit the bundled EIR configs. Use it as
 
     python simulation_streamer.py --source bench/heavy_source.py:make_source
+
+The tests that kill a worker mid-pass serve it too (tests/test_local_pool.py,
+tests/test_cluster.py, through `bench_source` of tests/exact_pass.py): at
+~3 ms a sample, a pass lasts long enough to kill a worker in the middle.
 """
 
 from __future__ import annotations

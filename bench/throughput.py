@@ -20,7 +20,7 @@ Every server start also measures the time from process start to listening
 (the port accepting TCP connections). Before the servers, the script times
 the generators in this process, one seeded RNG per sample exactly as the
 server seeds them (random.Random(f"{seed}:{index}")): the plain `randint`
-implementation (tests/plain_simulation.py) and ours, best of five runs each
+implementation (bench/plain_simulation.py) and ours, best of five runs each
 (the samples are generated only, not encoded). The table compares the served
 rates with the plain in-process rate, against the targets, and the lines
 under it give the CPU used by the server's event loop, its sample workers (its
@@ -56,8 +56,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.plain_simulation import plain_simulate_sample  # noqa: E402
 from single_sample_simulation import simulate_sample  # noqa: E402
-from tests.plain_simulation import plain_simulate_sample  # noqa: E402
 
 SERVER = ROOT / "simulation_streamer.py"
 LARGE_BATCH = 4096

@@ -1,19 +1,18 @@
 """Run the real EIR client (`eirtrain`) against a data server, for interop tests.
 
-Nothing here is specific to one example: give it the folder of EIR configs, the
-server's command line and the settings to shrink, and it
+Nothing here is specific to one example: start the server with
+`ServerProcess` (tests/server_process.py; `debug_log=True` for the lines
+`parse_stream_log` reads), give this the folder of EIR configs and the
+settings to shrink, and it
 
-* starts the server as a subprocess and finds its port in its log
-  (`server_process`),
 * writes a shrunk copy of the configs pointing at that server
   (`write_shrunk_configs`; YAML is read with the Python of eirtrain's own
   environment, which has PyYAML, and written back as JSON, which is YAML),
 * runs eirtrain with a timeout (`run_eirtrain`) and reads its run folder
   (`generated_samples`, `last_logged_iteration`),
-* asks the server for its `status` and reads what our server logs at DEBUG
-  level (`parse_stream_log`): every request, the stream indices of every
-  `data` reply, the validation indices and `terminate`, and the stream's own
-  lines (the end of a pass).
+* reads what our server logs at DEBUG level (`parse_stream_log`): every
+  request, the stream indices of every `data` reply, the validation indices
+  and `terminate`, and the stream's own lines (the end of a pass).
 
 eirtrain is looked up in $EIR_ENV_DIR/bin (default /tmp/eirenv), then on PATH;
 tests skip with `requires_eirtrain` when it is absent.
@@ -28,15 +27,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -172,101 +169,6 @@ def write_shrunk_configs(
         if not written[kind]:
             raise ValueError(f"no {kind}*.yaml in {config_dir}")
     return written
-
-
-# -- the server ------------------------------------------------------------
-def streamer_command(*args: str) -> list[str]:
-    """Our server's CLI (run with cwd=ROOT) with its own logger at DEBUG level.
-
-    The server's `--log-level debug` would also turn on the websockets
-    library's frame log; this only adds the server's per-request lines.
-    """
-    wrapper = (
-        "import logging, sys\n"
-        "logging.getLogger('simulation_streamer').setLevel(logging.DEBUG)\n"
-        "import simulation_streamer\n"
-        "sys.exit(simulation_streamer.main(sys.argv[1:]))\n"
-    )
-    return [sys.executable, "-c", wrapper, *args]
-
-
-_LISTEN_URL = re.compile(r"wss?://[^\s/:]+:(\d+)(/[^\s?]*)")
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    url: str
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def status(self, timeout: float = 10) -> dict[str, Any]:
-        return request_status(self.url, timeout)
-
-
-@contextlib.contextmanager
-def server_process(
-    command: Sequence[str],
-    log_path: Path,
-    cwd: Path = ROOT,
-    startup_timeout: float = 30,
-) -> Iterator[ServerProcess]:
-    """Start a server, wait for the ws:// URL in its log, stop it (SIGTERM) after.
-
-    The command should listen on 127.0.0.1 with `--port 0`; its log must name
-    the URL it serves (ws://HOST:PORT/PATH), as ours does on its "listening"
-    line. The test connects to 127.0.0.1 on that port and path.
-    """
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            list(command), cwd=cwd, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            match = _LISTEN_URL.search(log_path.read_text(errors="replace"))
-            if match:
-                break
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with status {process.returncode} before "
-                    f"listening:\n{log_path.read_text(errors='replace')}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"server did not log a ws:// URL within {startup_timeout} s:\n"
-                    f"{log_path.read_text(errors='replace')}"
-                )
-            time.sleep(0.1)
-        url = f"ws://127.0.0.1:{match.group(1)}{match.group(2)}"
-        yield ServerProcess(process, log_path, url)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
-
-def request_status(url: str, timeout: float = 10) -> dict[str, Any]:
-    """Handshake, then `status`; the status payload."""
-    ws = websocket.create_connection(url, timeout=timeout, skip_utf8_validation=True)
-    try:
-        ws.send(json.dumps({"type": "handshake", "version": "1.0", "worker_id": 0}))
-        reply = json.loads(ws.recv())
-        if reply.get("type") != "handshake":
-            raise RuntimeError(f"handshake refused: {reply}")
-        ws.send(json.dumps({"type": "status", "payload": {}}))
-        reply = json.loads(ws.recv())
-        if reply.get("type") != "status":
-            raise RuntimeError(f"expected a status reply, got {reply}")
-        return reply["payload"]
-    finally:
-        ws.close()
 
 
 # -- eirtrain ------------------------------------------------------------------

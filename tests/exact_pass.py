@@ -1,23 +1,26 @@
 """One training pass the way EIR makes it, kept byte for byte, and its checks.
 
 Used by the tests that compare generation engines (test_local_pool.py,
-test_cluster.py): a server subprocess on a free port, EIR's setup step that
-sends the validation ids, then a training connection (validation probe,
-unread heartbeat, heartbeat + getData per batch) that keeps the raw JSON text
-of every sample as the server sent it, every `error` reply (EIR would skip
-them silently; here they are failures), and when each reply arrived.
-`check_exactly_once` then says precisely what is missing, doubled or leaked.
+test_cluster.py), against a server subprocess (`ServerProcess` of
+tests/server_process.py): EIR's setup step that sends the validation ids,
+then a training connection (validation probe, unread heartbeat, heartbeat +
+getData per batch) that keeps the raw JSON text of every sample as the
+server sent it, every `error` reply (EIR would skip them silently; here they
+are failures), and when each reply arrived. `check_exactly_once` then says
+precisely what is missing, doubled or leaked.
+
+The sources these tests serve are either their own, written to a file with
+`write_source`, or one of bench/ that the benchmarks use too (`bench_source`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import importlib.util
 import json
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -25,52 +28,18 @@ from types import ModuleType
 from typing import Any
 
 from eir_like_client import EirLikeClient
-from eirtrain_support import ServerProcess, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = ROOT / "simulation_streamer.py"
 _DECODER = json.JSONDecoder()
 
 
-@contextlib.contextmanager
-def streamer(
-    log_path: Path,
-    *args: str,
-    cwd: Path = ROOT,
-    startup_timeout: float = 60,
-) -> Iterator[ServerProcess]:
-    """simulation_streamer.py --port 0 *args, until it logs its URL (the
-    environment is this process's: set variables with monkeypatch)."""
-    command = [sys.executable, str(SERVER), "--port", "0", *args]
-    with server_process(command, log_path, cwd, startup_timeout) as server:
-        yield server
-
-
-# A source with a fixed amount of CPU per sample (about 3 ms: 3,000 chained
-# SHA-256 in a Python loop, holding the GIL as simulator code does), so a
-# pass takes long enough for a worker to die in the middle of it. Its
-# samples are the simulated ones, drawn from an RNG that also depends on the
-# hashes, so the work cannot be skipped and a sample depends on its index alone.
-SLOW_SOURCE = """
-import random
-from hashlib import sha256
-
-from data_simulator import SimulatedHealthData
-from single_sample_simulation import simulate_sample
-
-
-class Slow(SimulatedHealthData):
-    def simulate(self, index):
-        digest = sha256(f"{self.seed}:{index}".encode()).digest()
-        for _ in range(3000):
-            digest = sha256(digest).digest()
-        rng = random.Random(f"{self.seed}:{index}:{digest.hex()}")
-        return simulate_sample(rng, self.sequence_length)
-
-
-def make(**settings):
-    return Slow(**settings)
-"""
+def bench_source(stem: str, factory: str = "make_source") -> tuple[str, ModuleType]:
+    """A source of bench/, shared with the benchmarks (bench/heavy_source.py:
+    a fixed ~3 ms of CPU per sample, so a pass lasts long enough to kill a
+    worker in the middle of it): its --source spec, by file path as worker
+    processes and Dask workers load it, and the module, for reference samples."""
+    path = ROOT / "bench" / f"{stem}.py"
+    return f"{path}:{factory}", importlib.import_module(f"bench.{stem}")
 
 
 def write_source(folder: Path, stem: str, text: str) -> tuple[str, ModuleType]:
@@ -201,13 +170,3 @@ def longest_stall_after(arrivals: Sequence[float], moment: float) -> float:
     (the first wait counted from `moment` itself)."""
     later = [moment, *(t for t in arrivals if t > moment)]
     return max((b - a for a, b in pairwise(later)), default=0.0)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until predicate() is true; the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.05)
-    return time.monotonic() - start

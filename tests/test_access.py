@@ -208,7 +208,7 @@ def test_tls_serves_wss_to_a_client_that_trusts_the_certificate(
         assert refused_status(server.url, sslopt={"ca_certs": str(cert)}) == 401
 
 
-def test_tls_without_verification_and_plain_clients(
+def test_tls_serves_an_unverifying_client_and_a_plain_one_harms_nobody(
     certificate: tuple[Path, Path],
 ) -> None:
     cert, key = certificate

@@ -1,7 +1,7 @@
 """--cluster against a real Dask cluster, started here as users start one.
 
 A module-wide cluster: `dask scheduler` and `dask worker --nworkers 2
---nthreads 1` as subprocesses on 127.0.0.1 (bench/local_dask.py), in a
+--nthreads 1` as subprocesses on 127.0.0.1 (tests/local_dask.py), in a
 scratch folder without our modules and without PYTHONPATH, so every module
 the workers run has been uploaded by the server. The server is a subprocess
 with --cluster; the client reads whole passes as EIR's training connection
@@ -27,16 +27,16 @@ import pytest
 import websocket
 from eir_like_client import EirLikeClient
 from exact_pass import (
-    SLOW_SOURCE,
+    bench_source,
     check_exactly_once,
     longest_stall_after,
     send_validation_ids,
-    streamer,
     training_pass,
-    wait_until,
     write_source,
 )
 from local_dask import LocalDaskCluster, local_dask_cluster
+from server_process import ServerProcess
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,7 +83,7 @@ def modules_on_workers(cluster: LocalDaskCluster) -> dict[str, list[str]]:
     def ours() -> list[str]:
         import sys
 
-        names = ("data_simulator", "single_sample_simulation", "slow")
+        names = ("data_simulator", "single_sample_simulation", "heavy_source")
         return sorted(
             getattr(module, "__file__", "") or ""
             for name, module in list(sys.modules.items())
@@ -106,14 +106,15 @@ def test_cluster_serves_each_sample_once_with_the_local_bytes(
     cluster: LocalDaskCluster, tmp_path: Path
 ) -> None:
     ids = [f"sample_{k}" for k in VALIDATION]
-    args = ["--seed", "3", "--max-iterations", str(NUM_SAMPLES)]
+    args = ["--port", "0", "--seed", "3", "--max-iterations", str(NUM_SAMPLES)]
     before = tasks_run(cluster)
-    with streamer(tmp_path / "dask.log", *args, "--cluster", cluster.address) as s:
+    on_dask = ["--cluster", cluster.address]
+    with ServerProcess(*args, *on_dask, log_path=tmp_path / "dask.log") as s:
         send_validation_ids(s.url, ids)
         on_dask = training_pass(s.url, batch_size=64)
         status = s.status()["generation"]
     ran = {a: n - before.get(a, 0) for a, n in tasks_run(cluster).items()}
-    with streamer(tmp_path / "local.log", *args, "--workers", "1") as s:
+    with ServerProcess(*args, "--workers", "1", log_path=tmp_path / "local.log") as s:
         send_validation_ids(s.url, ids)
         local = training_pass(s.url, batch_size=64)
     check_exactly_once(on_dask, EXPECTED)
@@ -140,9 +141,10 @@ def test_a_dask_worker_killed_mid_stream_costs_no_sample(
     num = 1200
     killed: dict[str, float | int] = {}
     log = tmp_path / "server.log"
-    spec, slow = write_source(tmp_path, "slow", SLOW_SOURCE)
-    args = ["--source", spec, "--max-iterations", str(num)]
-    with streamer(log, *args, "--cluster", cluster.address) as server:
+    spec, heavy = bench_source("heavy_source")
+    args = ["--port", "0", "--source", spec, "--max-iterations", str(num)]
+    on_dask = ["--cluster", cluster.address]
+    with ServerProcess(*args, *on_dask, log_path=log) as server:
 
         def kill_one(batches: int) -> None:
             """From the 2nd batch on, once: SIGKILL a worker process (not its
@@ -163,8 +165,8 @@ def test_a_dask_worker_killed_mid_stream_costs_no_sample(
     assert "Traceback" not in log.read_text(), log.read_text()  # stopped cleanly
     restart = wait_until(
         lambda: len(cluster.client.scheduler_info()["workers"]) == 2,
-        60,
-        "the nanny restarting the killed worker",
+        "the nanny to restart the killed worker",
+        timeout=60,
     )
     stall = longest_stall_after(got.arrivals, killed["at"])
     print(
@@ -173,7 +175,7 @@ def test_a_dask_worker_killed_mid_stream_costs_no_sample(
         f"{restart:.1f} s after the pass; pass of {num} samples, status {status}"
     )
     assert killed["pid"] not in cluster.worker_pids().values()
-    source = slow.make(seed=0, sequence_length=64, max_iterations=num)
+    source = heavy.make_source(seed=0, sequence_length=64, max_iterations=num)
     by_id = got.by_id()
     for k in range(0, num, 37):
         assert by_id[f"sample_{k}"] == source.samples_json([k])[0], k
@@ -217,7 +219,8 @@ def test_a_source_only_the_server_has_runs_on_the_workers(
         args, cwd = ["--source", f"{stem}:make"], folder
     log = tmp_path / "server.log"
     before = sum(tasks_run(cluster).values())
-    with streamer(log, *args, "--max-iterations", str(num), cwd=cwd) as server:
+    args += ["--port", "0", "--max-iterations", str(num)]
+    with ServerProcess(*args, log_path=log, cwd=cwd) as server:
         got = training_pass(server.url, batch_size=32)
         status = server.status()["generation"]
     assert sum(tasks_run(cluster).values()) > before, "no task ran on the workers"
@@ -280,10 +283,11 @@ def test_a_cluster_without_workers_makes_requests_wait_and_says_why(
     monkeypatch.setattr(SampleProducer, "WAIT_WARNING", 0.5)
     with local_dask_cluster(nworkers=1, nthreads=1) as lonely:
         os.killpg(lonely.workers.pid, signal.SIGKILL)  # worker and nanny gone
-        deadline = time.monotonic() + 30
-        while lonely.client.scheduler_info(n_workers=-1)["workers"]:
-            assert time.monotonic() < deadline, "the scheduler kept its worker"
-            time.sleep(0.1)
+        wait_until(
+            lambda: not lonely.client.scheduler_info(n_workers=-1)["workers"],
+            "the scheduler to drop its killed worker",
+            timeout=30,
+        )
         with running_server(max_iterations=100, cluster=lonely.address) as server:
             client = EirLikeClient(server.url, timeout=30)
             client.send({"type": "getData", "payload": {"batch_size": 8}})

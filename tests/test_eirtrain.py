@@ -31,10 +31,9 @@ from eirtrain_support import (
     parse_stream_log,
     requires_eirtrain,
     run_eirtrain,
-    server_process,
-    streamer_command,
     write_shrunk_configs,
 )
+from server_process import ServerProcess
 
 pytestmark = [pytest.mark.eirtrain, requires_eirtrain]
 
@@ -70,11 +69,10 @@ def train_against_our_server(
     """eirtrain with the configs shrunk by `shrink` against our server bounded
     to `max_iterations`: it must exit 0 in time. The run, the server's final
     status and its parsed log."""
-    command = streamer_command(
-        "--port", "0", "--max-iterations", str(max_iterations), "--workers", "1"
-    )
+    args = ["--port", "0", "--max-iterations", str(max_iterations), "--workers", "1"]
     output_folder = tmp_path / "run"
-    with server_process(command, tmp_path / "server.log") as server:
+    log_path = tmp_path / "server.log"
+    with ServerProcess(*args, log_path=log_path, debug_log=True) as server:
         configs = write_shrunk_configs(
             CONFIGS, tmp_path / "configs", server.url, output_folder, shrink
         )
@@ -82,7 +80,7 @@ def train_against_our_server(
             configs, output_folder, tmp_path / "eirtrain.log", EIRTRAIN_TIMEOUT
         )
         status = server.status()
-        log = parse_stream_log(server.log_text())
+        log = parse_stream_log(server.log)
     assert not run.timed_out, f"eirtrain ran over {EIRTRAIN_TIMEOUT} s:\n{run.tail()}"
     assert run.returncode == 0, f"eirtrain exited {run.returncode}:\n{run.tail()}"
     return run, status, log

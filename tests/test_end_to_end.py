@@ -6,12 +6,12 @@ a training connection, on a bounded stream. Run once with samples made in the se
 process and once with worker processes, which must not change a byte.
 """
 
-import time
 from typing import Any
 
 import pytest
 from conftest import ServerThread, running_server
 from eir_like_client import EirLikeClient
+from waiting import wait_until
 
 from data_simulator import SimulatedHealthData
 
@@ -22,12 +22,9 @@ BATCH = 32  # EIR's streaming batch size
 VALIDATION_IDS = [f"sample_{k}" for k in range(0, SETUP_SAMPLES, 5)]
 
 
-def wait_for(server: ServerThread, key: str, value: Any, timeout: float = 5) -> None:
+def wait_for(server: ServerThread, key: str, value: Any) -> None:
     """Wait until the server's stream status shows `key` == `value`."""
-    deadline = time.monotonic() + timeout
-    while server.status()[key] != value:
-        assert time.monotonic() < deadline, (key, value, server.status())
-        time.sleep(0.01)
+    wait_until(lambda: server.status()[key] == value, f"status {key} == {value!r}")
 
 
 def status_over(client: EirLikeClient) -> dict[str, Any]:
@@ -156,7 +153,9 @@ def replay_a_real_run(server: ServerThread, workers: int) -> None:
 
 
 @pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
-def test_a_real_run_in_eirs_order(workers: int) -> None:
+def test_a_whole_run_in_eirs_order_gets_the_replies_protocol_md_describes(
+    workers: int,
+) -> None:
     with running_server(max_iterations=NUM_SAMPLES, workers=workers) as server:
         replay_a_real_run(server, workers)
 

@@ -11,7 +11,7 @@ code under test. Every statistical tolerance is 5 standard errors, computed
 from the data (a correct model fails a check with odds below one in a
 million), while a range off by one in any rule moves some statistic by more.
 Last, the generator is compared field by field with an independent plain
-`randint` version of the model (tests/plain_simulation.py), and that
+`randint` version of the model (bench/plain_simulation.py), and that
 comparison is shown to catch a model one value off.
 """
 
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from functools import cache
 
 import pytest
-from plain_simulation import plain_simulate_sample
 
 import single_sample_simulation
+from bench.plain_simulation import plain_simulate_sample
 from data_simulator import SimulatedHealthData
 from single_sample_simulation import simulate_sample
 
@@ -119,7 +119,7 @@ def first_readings() -> list[tuple[Person, int]]:
 
 @pytest.fixture(scope="module")
 def plain() -> Drawn:
-    """N samples of the plain `randint` reference, tests/plain_simulation.py."""
+    """N samples of the plain `randint` reference, bench/plain_simulation.py."""
     rng = random.Random(20240611)
     return draw(plain_simulate_sample(rng, 64) for _ in range(N))
 
@@ -612,7 +612,7 @@ def test_saturation_matches_the_data_model_page(served: Drawn) -> None:
 
 
 # -- the model against an independent reading of it ---------------------------
-# tests/plain_simulation.py writes the same model the most obvious way, one
+# bench/plain_simulation.py writes the same model the most obvious way, one
 # `randint` per draw. Two samples, one from each, are compared field by field
 # with two-sample tests whose false-alarm rate is at most ALPHA each; the
 # checks that follow show that they do catch a model one value off.
@@ -736,7 +736,9 @@ def seeded_samples(seed: str, n: int = N) -> Drawn:
     return draw(simulate_sample(random.Random(f"{seed}:{i}"), 64) for i in range(n))
 
 
-def test_matches_the_plain_reference(served: Drawn, plain: Drawn) -> None:
+def test_every_field_is_distributed_as_in_the_plain_reference(
+    served: Drawn, plain: Drawn
+) -> None:
     assert compare(served, plain) == []
 
 

@@ -15,6 +15,7 @@ import pytest
 import websocket
 from conftest import running_server
 from eir_like_client import EirLikeClient
+from waiting import wait_until
 from websocket import ABNF
 
 from data_simulator import SampleStream
@@ -79,13 +80,6 @@ def error_text(reply: dict) -> str:
     assert isinstance(message, str) and message, reply
     assert len(message) <= MAX_ERROR_LENGTH, (len(message), message)
     return message
-
-
-def wait_until(condition, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def ids(start: int, stop: int) -> list[str]:
@@ -305,7 +299,10 @@ def test_handshake_violation_gets_an_error_then_1008(
         assert "handshake" in reason
         bad.close()
 
-        wait_until(lambda: server.status()["open_connections"] == 1)
+        wait_until(
+            lambda: server.status()["open_connections"] == 1,
+            "the server to drop the violating connection",
+        )
         assert server.status() == before
         assert [s["sample_id"] for s in good.fetch_batch(3)] == ids(3, 6)
         good.close()
@@ -325,7 +322,10 @@ def test_oversized_message_closes_with_1009_and_changes_nothing() -> None:
         near.send(message)
         assert near.recv()["type"] == "validationIdsConfirmation"
         near.close()
-        wait_until(lambda: server.status()["open_connections"] == 1)
+        wait_until(
+            lambda: server.status()["open_connections"] == 1,
+            "the server to see the near-limit connection close",
+        )
         before = server.status()
 
         for frame in ["y" * 5000, b"\x00" * 5000]:
@@ -345,7 +345,10 @@ def test_oversized_message_closes_with_1009_and_changes_nothing() -> None:
         assert code == 1009 and "4096" in reason, (code, reason)
         split.close()
 
-        wait_until(lambda: server.status()["open_connections"] == 1)
+        wait_until(
+            lambda: server.status()["open_connections"] == 1,
+            "the server to drop the oversized connections",
+        )
         assert server.status() == before
         assert [s["sample_id"] for s in good.fetch_batch(2)] == ids(2, 4)
         good.close()
@@ -432,6 +435,10 @@ def test_a_streaming_client_is_undisturbed_by_every_kind_of_bad_peer() -> None:
         )
         streamer.start()
         try:
+            wait_until(
+                lambda: out.get("batches", 0) > 0 or "exception" in out,
+                "the streaming client's first batch",
+            )
             for name, frame, _ in BAD_REQUESTS:
                 if name == "deep-nesting":
                     continue  # over this test's 64 KiB limit; covered above
@@ -454,6 +461,13 @@ def test_a_streaming_client_is_undisturbed_by_every_kind_of_bad_peer() -> None:
             peer = Peer(server.url)
             peer.ws.send_frame(ABNF.create_frame("{", ABNF.OPCODE_TEXT, fin=0))
             peer.ws.shutdown()
+            wait_until(
+                lambda: (
+                    out.get("batches", 0) > batches_before_oversize
+                    or "exception" in out
+                ),
+                "the streaming client's next batch after the bad peers",
+            )
         finally:
             stop.set()
             streamer.join(30)
@@ -476,7 +490,11 @@ def test_peer_that_keeps_tcp_open_after_a_1009_is_dropped() -> None:
         assert lingering.close_frame()[0] == 1009
         # The peer neither answers the close nor closes TCP.
         # The server gives it 1 s (websockets' default would be 10 s).
-        wait_until(lambda: server.status()["open_connections"] == 0, timeout=8)
+        wait_until(
+            lambda: server.status()["open_connections"] == 0,
+            "the server to drop the silent peer after its 1009",
+            timeout=8,
+        )
         lingering.ws.shutdown()
 
 
@@ -501,7 +519,10 @@ def test_hostile_text_cannot_forge_or_flood_log_lines(
         peer.send_raw(forged)
         peer.recv()
         peer.close()
-        wait_until(lambda: server.status()["open_connections"] == 0)
+        wait_until(
+            lambda: server.status()["open_connections"] == 0,
+            "the server to see the peer close",
+        )
     records = [r for r in caplog.records if r.name == "simulation_streamer"]
     assert len(records) > 8
     for record in records:
@@ -529,10 +550,10 @@ def test_a_peer_that_never_sends_its_handshake_is_closed_with_1008() -> None:
         data = well_behaved.request({"type": "getData", "payload": {"batch_size": 1}})
         assert data[0]["payload"][0]["sample_id"] == "sample_0"
         well_behaved.close()
-        deadline = time.monotonic() + 5
-        while srv.status()["open_connections"] and time.monotonic() < deadline:
-            time.sleep(0.02)  # the server sees the close a moment later
-        assert srv.status()["open_connections"] == 0
+        wait_until(
+            lambda: srv.status()["open_connections"] == 0,
+            "the server to see both connections closed",
+        )
 
 
 def test_core_handshake_timeout_is_a_transition_to_closed() -> None:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 from exact_pass import (
-    SLOW_SOURCE,
+    bench_source,
     check_exactly_once,
     longest_stall_after,
     send_validation_ids,
-    streamer,
     training_pass,
     write_source,
 )
+from server_process import ServerProcess
 
 NUM_SAMPLES = 3000
 VALIDATION = [k for k in range(NUM_SAMPLES) if k % 7 == 3]  # 429 ids
@@ -45,7 +45,9 @@ def test_every_worker_count_serves_the_same_bytes(tmp_path: Path) -> None:
     for workers in (0, 1, 2):
         args = ["--workers", str(workers), "--seed", "5", "--max-iterations"]
         log = tmp_path / f"server-{workers}.log"
-        with streamer(log, *args, str(NUM_SAMPLES)) as server:
+        with ServerProcess(
+            "--port", "0", *args, str(NUM_SAMPLES), log_path=log
+        ) as server:
             send_validation_ids(server.url, [f"sample_{k}" for k in VALIDATION])
             got = training_pass(server.url, batch_size=64)
             status = generation(server)
@@ -88,7 +90,9 @@ def test_the_default_workers_hand_near_free_samples_to_a_thread(
     source, module = write_source(tmp_path, "cheap", CHEAP_SOURCE)
     log = tmp_path / "server.log"
     num = 20_000
-    with streamer(log, "--source", source, "--max-iterations", str(num)) as server:
+    with ServerProcess(
+        "--port", "0", "--source", source, "--max-iterations", str(num), log_path=log
+    ) as server:
         got = training_pass(server.url, batch_size=64)
         status = generation(server)
     check_exactly_once(got, range(num))
@@ -106,7 +110,9 @@ def test_the_default_workers_keep_samples_that_cost_more_than_shipping(
     """The simulated samples (~0.1 ms of CPU each) stay in the processes; so
     does any source with --workers N, however cheap."""
     log = tmp_path / "server.log"
-    with streamer(log, "--max-iterations", str(NUM_SAMPLES)) as server:
+    with ServerProcess(
+        "--port", "0", "--max-iterations", str(NUM_SAMPLES), log_path=log
+    ) as server:
         got = training_pass(server.url, batch_size=64)
         status = generation(server)
     check_exactly_once(got, range(NUM_SAMPLES))
@@ -114,7 +120,9 @@ def test_the_default_workers_keep_samples_that_cost_more_than_shipping(
     assert len(status["worker_pids"]) == (os.cpu_count() or 1), status
     source, _ = write_source(tmp_path, "cheap", CHEAP_SOURCE)
     args = ["--workers", "1", "--source", source, "--max-iterations", "20000"]
-    with streamer(tmp_path / "server-1.log", *args) as server:
+    with ServerProcess(
+        "--port", "0", *args, log_path=tmp_path / "server-1.log"
+    ) as server:
         training_pass(server.url, batch_size=256)
         assert generation(server)["engine"] == "processes"
     for path in (log, tmp_path / "server-1.log"):
@@ -126,9 +134,9 @@ def test_a_worker_killed_mid_stream_costs_no_sample(tmp_path: Path) -> None:
     num = 1200
     killed: dict[str, float | int] = {}
     log = tmp_path / "server.log"
-    spec, slow = write_source(tmp_path, "slow", SLOW_SOURCE)
+    spec, slow = bench_source("heavy_source")
     args = ["--workers", "2", "--source", spec, "--max-iterations"]
-    with streamer(log, *args, str(num)) as server:
+    with ServerProcess("--port", "0", *args, str(num), log_path=log) as server:
 
         def kill_one(batches: int) -> None:
             """From the 2nd batch on, once: SIGKILL a worker while chunks are
@@ -157,7 +165,7 @@ def test_a_worker_killed_mid_stream_costs_no_sample(tmp_path: Path) -> None:
         f"after the kill {stall:.3f} s, pass of {num} samples"
     )
     # Content is a function of the index: re-made samples are the same bytes.
-    source = slow.make(seed=0, sequence_length=64, max_iterations=num)
+    source = slow.make_source(seed=0, sequence_length=64, max_iterations=num)
     by_id = got.by_id()
     for k in range(0, num, 37):
         assert by_id[f"sample_{k}"] == source.samples_json([k])[0], k
@@ -186,7 +194,7 @@ def test_one_failing_index_costs_only_itself(tmp_path: Path) -> None:
     source, _ = write_source(tmp_path, "one_bad", FAILING_SOURCE.format(bad=bad))
     log = tmp_path / "server.log"
     args = ["--workers", "1", "--source", source, "--max-iterations", str(num)]
-    with streamer(log, *args) as server:
+    with ServerProcess("--port", "0", *args, log_path=log) as server:
         got = training_pass(server.url, batch_size=16)
         status = generation(server)
     check_exactly_once(got, [k for k in range(num) if k != bad])
@@ -203,7 +211,9 @@ def test_one_failing_index_costs_only_itself(tmp_path: Path) -> None:
 def test_a_source_that_always_fails_gets_an_error_reply(tmp_path: Path) -> None:
     source, _ = write_source(tmp_path, "all_bad", FAILING_SOURCE.format(bad=None))
     log = tmp_path / "server.log"
-    with streamer(log, "--workers", "1", "--source", source) as server:
+    with ServerProcess(
+        "--port", "0", "--workers", "1", "--source", source, log_path=log
+    ) as server:
         from eir_like_client import EirLikeClient
 
         client = EirLikeClient(server.url, timeout=30)

@@ -15,15 +15,19 @@ the scheduler does that now and then; the tests allow one such split per
 SPLITS_PER_FETCH fetches. Without the pairing every fetch leaves one.
 """
 
+import select
 import threading
 import time
+from collections import deque
 
 import pytest
 import websocket
 from conftest import running_server
 from eir_like_client import EirLikeClient
+from waiting import wait_until
 
-import simulation_streamer
+from data_simulator import SampleStream
+from simulation_streamer import Connection, SendSamples
 
 FETCHES = 20_000
 READ_TIMEOUT = 10  # EIR waits 30 s; anything near that is a stall
@@ -79,20 +83,34 @@ def test_eir_fetch_pattern_keeps_no_backlog_over_many_fetches() -> None:
     assert FETCHES + 1 <= served <= FETCHES + 1 + 2 + allowed_splits(FETCHES), served
 
 
-def test_without_pairing_the_backlog_grows_one_reply_per_fetch(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The control: answer every heartbeat on its own, as the tutorial does."""
-    monkeypatch.setattr(simulation_streamer, "HEARTBEAT_PAIRING", 0)
-    fetches = 300
-    with running_server(max_iterations=None) as server:
-        client = eir_training_connection(server.url)
-        fetch_many(client, fetches)
-        queued = client.count_queued(wait=2.0)  # all of them, even under load
-        client.close()
-        served = server.status()["samples_served_total"]
-    assert queued.get("data", 0) >= fetches - 5, queued
-    assert served >= 2 * fetches - 5, served
+def replies_left_unread(fetches: int, paired: bool) -> int:
+    """EIR's fetch loop against the protocol core, with a list for a socket:
+    send heartbeat + getData, read one reply, fetch again on a heartbeat
+    reply. `paired`: the getData comes within the pairing window; otherwise
+    the I/O layer flushes the held heartbeat first, as for a late getData."""
+    stream = SampleStream(None)
+    conn = Connection(1, stream, {"inputs": {}, "outputs": {}})
+    conn.receive('{"type":"handshake","version":"1.0"}')
+    socket: deque[str] = deque()
+    for _ in range(fetches):
+        for _ in range(1000):
+            outputs = conn.receive('{"type":"heartbeat"}')
+            if not paired:
+                outputs += conn.flush_heartbeat()
+            outputs += conn.receive('{"type":"getData","payload":{"batch_size":1}}')
+            socket.extend(
+                "data" if isinstance(o, SendSamples) else "beat" for o in outputs
+            )
+            if socket.popleft() == "data":
+                break
+    return len(socket)
+
+
+def test_without_pairing_the_backlog_grows_one_reply_per_fetch() -> None:
+    """The control: a heartbeat answered on its own, as the tutorial answers
+    every heartbeat, leaves one unread reply per fetch; paired, none."""
+    assert replies_left_unread(300, paired=False) >= 300
+    assert replies_left_unread(300, paired=True) == 0
 
 
 def test_concurrent_eir_workers_each_keep_no_backlog() -> None:
@@ -111,10 +129,10 @@ def test_concurrent_eir_workers_each_keep_no_backlog() -> None:
         # its probe joins the pass in progress instead of rewinding it.
         first = threading.Thread(target=worker, args=(1, server.url))
         first.start()
-        deadline = time.monotonic() + 10
-        while server.status()["samples_served_total"] < 10:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(
+            lambda: server.status()["samples_served_total"] >= 10,
+            "the first worker to stream",
+        )
         second = threading.Thread(target=worker, args=(2, server.url))
         second.start()
         first.join(60)
@@ -136,10 +154,11 @@ def test_a_lone_heartbeat_is_answered_in_time_and_in_order() -> None:
         client.send({"type": "heartbeat"})
         assert client.recv() == {"type": "heartbeat"}
         # A getData that comes too late to pair: heartbeat reply first, then
-        # data. (50 windows late, so that a server thread held up by the
-        # scheduler does not find both messages waiting.)
+        # data. (Sent once the heartbeat's reply has arrived, unread, so that
+        # however slow the server's thread, it never finds both waiting.)
         client.send({"type": "heartbeat"})
-        time.sleep(simulation_streamer.HEARTBEAT_PAIRING * 50)
+        readable, _, _ = select.select([client.ws.sock], [], [], 5)
+        assert readable, "no reply to a lone heartbeat within 5 s"
         client.send({"type": "getData", "payload": {"batch_size": 1}})
         assert client.recv() == {"type": "heartbeat"}
         reply = client.recv()

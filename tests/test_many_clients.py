@@ -10,7 +10,6 @@ id, nothing a client did not ask for, and no rewind under anyone's feet.
 import json
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import pytest
 import websocket
 from conftest import ServerThread, running_server
 from eir_like_client import EirLikeClient
+from waiting import wait_until
 
 from data_simulator import SimulatedHealthData
 from simulation_streamer import parse_args
@@ -96,13 +96,6 @@ def assert_silent(client: EirLikeClient, seconds: float = 0.3) -> None:
     with pytest.raises(websocket.WebSocketTimeoutException):
         message = client.ws.recv()
         pytest.fail(f"unsolicited message: {message[:200]}")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @dataclass
@@ -188,7 +181,10 @@ def test_eight_eir_clients_share_one_pass(start_together: bool, workers: int) ->
         assert "Received 500 validation ids, 500 of them" in confirmation
         results = run_training(server, start_together)
         assert_one_clean_pass(results)
-        wait_until(lambda: server.status()["open_connections"] == 0)
+        wait_until(
+            lambda: server.status()["open_connections"] == 0,
+            "the server to see every training connection close",
+        )
         status = server.status()
         assert status["phase"] == "training"
         assert status["validation_ids"] == 500
@@ -241,7 +237,10 @@ def test_a_client_closing_mid_pass_does_not_rewind_the_others(how: str) -> None:
             leaver.close()
         else:  # what DataLoader worker processes do: the socket just goes away
             leaver.ws.sock.close()
-        wait_until(lambda: server.status()["open_connections"] == 2)
+        wait_until(
+            lambda: server.status()["open_connections"] == 2,
+            "the server to see the leaver go",
+        )
         rest = drain_together({"a": a, "b": b})
         assert all(rest.values())
         got += rest["a"] + rest["b"]
@@ -268,7 +267,10 @@ def test_a_reset_with_nobody_streaming_replays_the_same_samples() -> None:
         second.close()
 
         first.close()
-        wait_until(lambda: server.status()["open_connections"] == 0)
+        wait_until(
+            lambda: server.status()["open_connections"] == 0,
+            "the server to see the first client close",
+        )
         third = EirLikeClient(server.url)
         assert reset(third) == "stream rewound to sample 0"
         again = get(third, 5)
@@ -297,6 +299,10 @@ def test_clients_receive_only_replies_to_what_they_sent() -> None:
         assert "joined" in reset(joiner)  # a second reset, mid-pass
         drain(streamer)
         drain(joiner)
+        wait_until(
+            lambda: server.status()["open_connections"] == 3,
+            "the server to see both leavers go",
+        )
         late = EirLikeClient(server.url)
         late.validation_probe()  # nobody in the pass now: rewinds
         get(late, 10)

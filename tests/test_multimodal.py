@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, running_server
 from eir_like_client import EirLikeClient
+from server_process import ServerProcess
 from test_encoders import decode_png
 
 import stream_encoders as enc
@@ -127,7 +128,7 @@ def test_samples_depend_on_seed_and_index_only() -> None:
     assert differing == 20
 
 
-def test_ids_and_bounds() -> None:
+def test_sample_ids_map_to_indices_only_within_the_bound() -> None:
     bounded = MultimodalSource(seed=0, max_iterations=10)
     assert bounded.num_samples == 10
     assert bounded.index_of("sample_9") == 9
@@ -201,7 +202,7 @@ def test_severity_shortens_survival(samples: list[dict]) -> None:
 # Through the server
 # =============================================================================
 @pytest.mark.parametrize("workers", [0, 2])
-def test_served_through_source_option(
+def test_the_source_option_serves_the_sources_own_samples(
     caplog: pytest.LogCaptureFixture, workers: int
 ) -> None:
     caplog.set_level(logging.INFO, logger="simulation_streamer")
@@ -252,17 +253,10 @@ def eirtrain_support():
 def test_eirtrain_trains_every_modality(eirtrain_support, tmp_path: Path) -> None:
     support = eirtrain_support
     output_folder = tmp_path / "run"
-    command = support.streamer_command(
-        "--port",
-        "0",
-        "--workers",
-        "1",
-        "--source",
-        SPEC,
-        "--max-iterations",
-        str(MAX_ITERATIONS),
-    )
-    with support.server_process(command, tmp_path / "server.log") as server:
+    args = ["--port", "0", "--workers", "1", "--source", SPEC]
+    args += ["--max-iterations", str(MAX_ITERATIONS)]
+    log_path = tmp_path / "server.log"
+    with ServerProcess(*args, log_path=log_path, debug_log=True) as server:
         configs = support.write_shrunk_configs(
             EXAMPLE, tmp_path / "configs", server.url, output_folder, SHRINK
         )

@@ -20,6 +20,7 @@ import websocket
 from conftest import ROOT, running_server
 from eir_like_client import EirLikeClient
 from server_process import ServerProcess
+from waiting import wait_until
 from websocket import ABNF
 
 # Process ids, CPU times and memory are read from /proc (Linux).
@@ -59,6 +60,19 @@ def gone(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def served_total(port: int) -> int:
+    """samples_served_total, from /healthz."""
+    return json.loads(http_get(port, "/healthz")[2])["samples_served_total"]
+
+
+def answers_healthz(port: int) -> bool:
+    """True once a server on `port` answers /healthz with 200."""
+    try:
+        return http_get(port, "/healthz")[0] == 200
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -101,32 +115,30 @@ def test_signal_closes_every_connection_with_1001_and_exits_0_promptly(
 ) -> None:
     with ServerProcess("--port", "0", "--workers", "1") as server:
         idle = EirLikeClient(server.url, timeout=5)  # handshake only, then silent
+        # A peer that asks for a lot and never reads: the server's sends to it
+        # block on a full socket buffer. (Served alone, so that what it got
+        # does not depend on how fast the streaming client below is.)
+        deaf = EirLikeClient(server.url, timeout=5)
+        for _ in range(40):
+            deaf.send({"type": "getData", "payload": {"batch_size": 1000}})
+        wait_until(
+            lambda: served_total(server.port) >= 3000,
+            "the peer that never reads to be served 3 of its 40 batches",
+        )
         streaming, mid_stream = threading.Event(), {}
         streamer = threading.Thread(
             target=stream_until_closed, args=(server.url, streaming, mid_stream)
         )
         streamer.start()
-        # A peer that asks for a lot and never reads: the server's sends to it
-        # block on a full socket buffer.
-        deaf = EirLikeClient(server.url, timeout=5)
-        for _ in range(40):
-            deaf.send({"type": "getData", "payload": {"batch_size": 1000}})
         assert streaming.wait(10)
-        deadline = time.monotonic() + 10
-        while (
-            json.loads(http_get(server.port, "/healthz")[2])["samples_served_total"]
-            < 3000
-        ):
-            assert time.monotonic() < deadline, "the deaf peer was never served"
-            time.sleep(0.05)
         workers = server.children()
         assert workers, "expected sample worker processes"
 
         sent = time.monotonic()
-        server.proc.send_signal(signum)
+        server.process.send_signal(signum)
         if signum == signal.SIGINT:  # an impatient second Ctrl-C changes nothing
             time.sleep(0.05)
-            server.proc.send_signal(signum)
+            server.process.send_signal(signum)
         status = server.wait(30)
         took = time.monotonic() - sent
         print(f"{signum.name}: exit {status} after {took:.2f} s")
@@ -158,10 +170,11 @@ def test_signal_closes_every_connection_with_1001_and_exits_0_promptly(
         assert int(found.group(1)) >= 3000 + 16 * mid_stream["batches"]
         assert all(LOG_LINE.match(line) for line in server.lines), log
         # The sample workers went with the server.
-        deadline = time.monotonic() + 3
-        while not all(gone(pid) for pid in workers):
-            assert time.monotonic() < deadline, f"workers left running: {workers}"
-            time.sleep(0.05)
+        wait_until(
+            lambda: all(gone(pid) for pid in workers),
+            f"the sample workers {workers} to exit with the server",
+            timeout=3,
+        )
         # Nothing listens on the port any more.
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
@@ -204,25 +217,45 @@ def test_bad_command_line_values_are_rejected_with_a_message() -> None:
         assert "Traceback" not in result.stderr
 
 
+# What an interpreter must do before any server can listen.
+IMPORTS = "import asyncio, json, logging, websockets.asyncio.server"
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a running process has used so far."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_cpu_seconds(command: list[str]) -> float:
+    """CPU time (user + system) `command` used, run to its end."""
+    import resource  # POSIX only, as /proc is
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(command, cwd=ROOT, check=True, timeout=60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
 @reads_proc
-def test_startup_to_listening_is_fast() -> None:
-    """Wall time depends on the machine's load; CPU time to listening does not."""
-    walls, cpus = [], []
-    ticks = os.sysconf("SC_CLK_TCK")
+def test_startup_to_listening_costs_little_more_cpu_than_the_imports() -> None:
+    """To its "listening" line the server does little beyond importing what it
+    needs: its CPU time is compared with an interpreter's that only imports
+    asyncio and websockets (about 1.2 times that here), a ratio that does not
+    depend on how fast the machine is. The wall time depends on the load too;
+    bench/throughput.py measures it against its target."""
+    walls, cpus, imports = [], [], []
     for _ in range(3):
+        imports.append(run_cpu_seconds([sys.executable, "-c", IMPORTS]))
         with ServerProcess("--port", "0") as server:
             walls.append(server.startup_seconds)
-            with open(f"/proc/{server.pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            cpus.append((int(fields[11]) + int(fields[12])) / ticks)  # utime+stime
+            cpus.append(process_cpu_seconds(server.pid))
     print(
         f"start to listening: wall {min(walls):.3f} s (best of 3; all {walls}), "
-        f"CPU {min(cpus):.2f} s"
+        f"CPU {min(cpus):.2f} s; the imports alone {min(imports):.2f} s"
     )
-    # About 0.2 s on an idle machine; a loaded one adds cache misses, not
-    # work. bench/throughput.py measures the wall time against its target.
-    assert min(cpus) < 1.0
-    assert min(walls) < 10  # only a sanity bound: the wall time depends on load
+    assert min(cpus) < 3 * min(imports), (cpus, imports)
 
 
 def test_healthz_answers_json_without_upgrading() -> None:
@@ -265,7 +298,7 @@ def test_any_other_path_gets_404(path: str) -> None:
         client.close()
 
 
-def test_custom_path() -> None:
+def test_path_option_moves_the_websocket_endpoint() -> None:
     with ServerProcess("--port", "0", "--workers", "0", "--path", "/stream") as server:
         assert server.url.endswith("/stream")
         assert http_get(server.port, "/ws")[0] == 404
@@ -321,10 +354,10 @@ def test_info_log_is_one_line_per_connection_event() -> None:
         bad.ws.send("not json")
         bad.recv()
         bad.close()
-        deadline = time.monotonic() + 5
-        while sum("closed" in line for line in s.lines) < 5:
-            assert time.monotonic() < deadline, s.log
-            time.sleep(0.05)
+        wait_until(
+            lambda: sum("closed" in line for line in s.lines) >= 5,
+            "a 'closed' log line for each of the 5 connections",
+        )
         s.stop()
     assert all(LOG_LINE.match(line) for line in s.lines), s.log
     for number in range(1, 5):
@@ -353,14 +386,7 @@ def test_warning_level_logs_nothing_for_a_normal_session() -> None:
         wait_listening=False,
     )
     with server:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                assert http_get(port, "/healthz")[0] == 200
-                break
-            except OSError:
-                assert time.monotonic() < deadline, server.log
-                time.sleep(0.05)
+        wait_until(lambda: answers_healthz(port), f"/healthz to answer on {port}")
         eir_session(f"ws://127.0.0.1:{port}/ws")
         assert server.stop() == 0
     assert server.lines == []
@@ -408,18 +434,25 @@ def test_progress_lines_while_samples_flow_and_silence_when_idle() -> None:
     ) as server:  # fmt: skip
         client = EirLikeClient(server.url, timeout=10)
         client.validation_probe()
-        client.send({"type": "heartbeat"})
-        started = time.monotonic()
-        while time.monotonic() - started < 2.0:
-            assert client.fetch_batch(16) is not None
-        flowing = server.wait_for(PROGRESS, timeout=5)
-        time.sleep(1.2)  # the last interval with samples, then idle ones
+        # A fixed number of batches, a small part of the pass however fast
+        # the machine serves them; one reply to each request.
+        get_data = {"type": "getData", "payload": {"batch_size": 16}}
+        for _ in range(100):
+            (reply,) = client.request(get_data)
+            assert reply["type"] == "data" and len(reply["payload"]) == 16, reply
+        # The first progress line after the last batch has the final total
+        # (the probe's sample, then the batches); no line after it may come.
+        total = 1 + 100 * 16
+        flowing = server.wait_for(f", {total:,} in total;", timeout=5)
         before = len(server.lines)
         time.sleep(1.6)  # four intervals without a sample served
         idle_lines = server.lines[before:]
         client.close()
-    served, percent, total, rate = PROGRESS.search(flowing).groups()
-    assert 0 < int(served.replace(",", "")) <= int(total.replace(",", ""))
-    assert 0 < float(percent) < 100
+    found = PROGRESS.search(flowing)
+    assert found, flowing
+    served, percent, total_logged, rate = found.groups()
+    assert int(served.replace(",", "")) == 100 * 16  # the probe's sample came back
+    assert int(total_logged.replace(",", "")) == total
+    assert float(percent) == 8.0
     assert int(rate.replace(",", "")) > 0
     assert not [line for line in idle_lines if "progress:" in line], idle_lines

@@ -108,7 +108,7 @@ def test_requests_table_covers_exactly_the_client_messages_of_protocol_md() -> N
         assert callable(getattr(Connection, handler, None)), (kind, handler)
 
 
-def test_phases_table() -> None:
+def test_phases_table_opens_only_on_a_handshake_and_closes_on_a_loss() -> None:
     assert set(PHASES) == {AWAITING_HANDSHAKE, READY, CLOSED}
     assert PHASES[CLOSED] == {}  # nothing leaves CLOSED
     for phase, events in PHASES.items():
@@ -467,7 +467,7 @@ def test_connection_lost_leaves_the_stream_and_keeps_its_position() -> None:
     assert send(second, get_data(2)) == [SendSamples([30, 31])]
 
 
-def test_connection_lost_before_the_handshake() -> None:
+def test_connection_lost_before_the_handshake_is_closed_and_ignores_messages() -> None:
     conn = make()
     conn.connection_lost()
     assert conn.phase == CLOSED

@@ -1,9 +1,11 @@
 """The simulation model written the most obvious way, one `randint` per draw.
 
 A second, independent reading of docs/data-model.md: the distribution tests
-check that single_sample_simulation.py draws from the same model, field by
-field, and bench/throughput.py times it as the rate that bounds the
-tutorial's server, whose generator is written this way.
+(tests/test_generator.py) check that single_sample_simulation.py draws from
+the same model, field by field, and bench/throughput.py and
+bench/executors.py time it as the rate that bounds the tutorial's server,
+whose generator is written this way. It lives in bench/ with the sample
+sources that the tests and the benchmarks share.
 """
 
 import random

@@ -1,0 +1,32 @@
+"""`wait_until`: poll a condition until it holds, bounded by a timeout.
+
+The one polling helper of the tests (and of tests/server_process.py). The
+timeout is only an upper bound for something that will happen; to show that
+something does *not* happen, a test still has to watch for a while.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def wait_until(
+    condition: Callable[[], object],
+    what: str,
+    timeout: float = 10,
+    interval: float = 0.02,
+) -> float:
+    """Poll `condition()` until it is true; the seconds that took.
+
+    `what` names what is awaited ("the server to see both connections
+    close"): after `timeout` seconds the AssertionError says what did not
+    happen, and how long it was given.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - started
