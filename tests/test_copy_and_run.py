@@ -45,6 +45,7 @@ def test_the_readme_copy_list_is_the_list_these_tests_copy() -> None:
     assert named == TUTORIAL_FILES, named
     assert "`stream_encoders.py`" in section and "`dask_engine.py`" in section
 
+
 OWN_SOURCE = """
 from data_simulator import index_of_sample_id, sample_id
 from stream_encoders import build_sample, tabular_row
