@@ -36,7 +36,8 @@ OWN_DATA_FILES = [*TUTORIAL_FILES, "stream_encoders.py"]
 def test_the_readme_copy_list_is_the_list_these_tests_copy() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Copy into your project", 1)[1].split("\n## ", 1)[0]
-    tutorial = section.split("\n\n")[1]  # the first list: the tutorial's files
+    # The first list of the section: the tutorial's files.
+    tutorial = next(block for block in section.split("\n\n") if block[:3] == "- `")
     named = [
         line.split("`")[1].rstrip("/")
         for line in tutorial.splitlines()
