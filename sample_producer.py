@@ -638,9 +638,9 @@ class SampleProducer:
                 self.held.hold(chunk)
                 owners.update(dict.fromkeys(chunk.indices, chunk))
                 ours.append(chunk)
-        waiting = [c for c in ours if not c.started and not c.done.done()]
-        for chunk in waiting:
+        for chunk in ours:  # (one at work now may come back to the queue)
             chunk.asked = True
+        waiting = [c for c in ours if not c.started and not c.done.done()]
         if waiting:
             self._to_front(waiting)
         await self._wait_for(ours)
