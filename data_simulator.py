@@ -26,6 +26,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from itertools import filterfalse, islice
 from typing import Any
 
@@ -114,7 +115,6 @@ def _canonical_sample_indices(sample_ids: Sequence[str]) -> set[int] | None:
     return set(numbers)
 
 
-
 class SimulatedHealthData:
     """The tutorial's data: a prompt describing a person -> their HR trace."""
 
@@ -194,6 +194,84 @@ class ResetOutcome:
     returned: int  # indices this connection had taken that went back to the front
 
 
+# =============================================================================
+# A connection's seat in the stream: its states, and what moves it between them.
+#
+# `SampleStream` keeps one `Seat` per open connection: `connect` (or a first
+# `take` or `reset`) makes it FRESH, `disconnect` drops it from any state.
+# Every change of state goes through `Seat.enter` and SEAT_LIFE_CYCLE below.
+# A seat is in the pass (rule 3) while PROBED, STREAMING or SITTING_OUT, and
+# has a level (rule 7) while PROBED or STREAMING. A reset rewinds only when
+# no other seat is in the pass, so a seat leaves the pass only by being told
+# (OVER) or by closing: a rewind never moves another seat.
+# =============================================================================
+class SeatState(StrEnum):
+    FRESH = "fresh"  # connected; has not reset and took nothing
+    PROBED = "probed"  # took one batch before its first reset (rule 4)
+    STREAMING = "streaming"  # in the pass with a level: reset, or took twice
+    SITTING_OUT = "sitting-out"  # joined behind, cannot be brought level (7b)
+    OVER = "over"  # told its pass is over, until its own reset (rule 3)
+
+    @property
+    def in_pass(self) -> bool:
+        """Rule 3: from taking data or resetting until told the pass is over."""
+        return self in _IN_PASS
+
+
+class SeatEvent(StrEnum):
+    PROBE = "probe"  # its first take before its first reset was served
+    SERVED = "served"  # a later take was served (a second one confirms a probe)
+    TOLD_OVER = "told-over"  # a take was answered None
+    REWIND = "rewind"  # its reset rewound the stream (nobody else in the pass)
+    JOIN = "join"  # its reset joined the pass, and it can be brought level
+    SIT_OUT = "sit-out"  # its reset joined the pass, but cannot be brought level
+
+
+FRESH, PROBED, STREAMING, SITTING_OUT, OVER = SeatState
+_IN_PASS = frozenset({PROBED, STREAMING, SITTING_OUT})
+_LEVELLED = frozenset({PROBED, STREAMING})  # counted by rule 7
+_TOLD = frozenset({SITTING_OUT, OVER})  # every take of it returns None
+
+
+@dataclass(slots=True)
+class Seat:
+    """One connection's record in a `SampleStream`. `level` and `batch_size`
+    hold only while it has a level, `probe_batch` only while PROBED: `enter`
+    clears them when the seat leaves those states."""
+
+    state: SeatState = FRESH
+    level: int = 0  # batches served since it joined the pass (rule 7)
+    batch_size: int | None = None  # the count of its last take (rule 7)
+    probe_batch: tuple[int, ...] = ()  # its one take before its first reset
+
+    def enter(self, event: SeatEvent) -> None:
+        """The one place a seat changes state: as SEAT_LIFE_CYCLE says, or
+        RuntimeError for a transition the table does not have."""
+        allowed = SEAT_LIFE_CYCLE[self.state]
+        if event not in allowed:
+            raise RuntimeError(f"no transition from {self.state!r} on {event!r}")
+        state = self.state = allowed[event]
+        if state is not PROBED:
+            self.probe_batch = ()
+        if state not in _LEVELLED:
+            self.level, self.batch_size = 0, None
+
+
+_RESET = {  # a reset, from any state: rules 4 and 7b say which
+    SeatEvent.REWIND: STREAMING,
+    SeatEvent.JOIN: STREAMING,
+    SeatEvent.SIT_OUT: SITTING_OUT,
+}
+SEAT_LIFE_CYCLE: dict[SeatState, dict[SeatEvent, SeatState]] = {
+    # state -> {event -> next state}
+    FRESH: {SeatEvent.PROBE: PROBED, SeatEvent.TOLD_OVER: OVER, **_RESET},
+    PROBED: {SeatEvent.SERVED: STREAMING, SeatEvent.TOLD_OVER: OVER, **_RESET},
+    STREAMING: {SeatEvent.SERVED: STREAMING, SeatEvent.TOLD_OVER: OVER, **_RESET},
+    SITTING_OUT: {SeatEvent.TOLD_OVER: OVER, **_RESET},  # told at its next take
+    OVER: {SeatEvent.TOLD_OVER: OVER, **_RESET},
+}
+
+
 class SampleStream:
     """One cursor over sample indices, shared by every connection of a server.
 
@@ -210,9 +288,9 @@ class SampleStream:
        while connections are mid-pass is accepted too, with a warning: it is
        a second training run sharing this server and this pass.
     3. A connection is *in the pass* from when it takes data or resets
-       (rule 4), until it is told its pass is over (`take` returns None),
-       closes, or another connection rewinds the stream. Once told, every
-       `take` of it returns None until its own next reset.
+       (rule 4), until it is told its pass is over (`take` returns None) or
+       closes. (No other connection can rewind under it: rule 4.) Once told,
+       every `take` of it returns None until its own next reset.
     4. `reset` rewinds to index 0 only when no *other* connection is in the
        pass; otherwise the requester joins the pass in progress. If a
        connection's first reset joins, and its one request for data before
@@ -254,10 +332,11 @@ class SampleStream:
        An unbounded stream never ends a pass, so rule 7 never refuses it.
 
     `peek` shows what the next takes would hand out, without taking it.
-    Connections are any hashable keys. The state is a handful of integers
-    and sets of integers (no samples), and every method is synchronous and
-    cheap, so under asyncio each call is atomic; the same small interface
-    could be backed by a shared store serving several server processes.
+    Connections are any hashable keys. The state is a handful of integers,
+    a set of integers and one `Seat` per connection (no samples), and every
+    method is synchronous and cheap, so under asyncio each call is atomic;
+    the same small interface could be backed by a shared store serving
+    several server processes.
     """
 
     def __init__(
@@ -283,19 +362,11 @@ class SampleStream:
         self._skip_sorted: list[int] | None = None  # for remaining_iterations
         self._validation_ids_received = 0
         self._validation_ids_set = False
-        self._open: set[Hashable] = set()
-        self._in_pass: set[Hashable] = set()
-        # Connections that have not reset yet and have taken at most once ->
-        # the batch they took (None: nothing yet). See rule 4.
-        self._before_first_reset: dict[Hashable, tuple[int, ...] | None] = {}
-        # Rule 7: level and batch size of each connection in the pass that
-        # can still be served, the final level once fixed, and the
-        # connections told their pass is over (until their own reset).
-        self._level: dict[Hashable, int] = {}
-        self._batch_size: dict[Hashable, int] = {}
-        self._final_level: int | None = None
-        self._largest_batch = 0  # the largest take of this pass
-        self._over: set[Hashable] = set()
+        self._seats: dict[Hashable, Seat] = {}  # one per open connection
+        self._final_level: int | None = None  # rule 7a, once fixed
+        # The largest take of this pass that was no probe: every batch size
+        # of the pass is at most this, and it stands in for one not known yet.
+        self._largest_batch = 0
         self._served_in_pass = 0
         self._served_total = 0
         self._rewinds = 0
@@ -319,15 +390,25 @@ class SampleStream:
     # -- connections -------------------------------------------------------
     def connect(self, conn: Hashable) -> None:
         """Register a new connection; it has taken nothing and not reset."""
-        if conn not in self._open:
-            self._open.add(conn)
-            self._before_first_reset[conn] = None
+        self._seat(conn)
+
+    def _seat(self, conn: Hashable) -> Seat:
+        """The seat of `conn`: a FRESH one for a connection not seen before."""
+        seat = self._seats.get(conn)
+        if seat is None:
+            seat = self._seats[conn] = Seat()
+        return seat
 
     def disconnect(self, conn: Hashable) -> None:
         """Forget a connection; the cursor and the others are untouched."""
-        self._open.discard(conn)
-        self._leave_pass(conn)
-        self._over.discard(conn)
+        self._seats.pop(conn, None)
+
+    def _in_pass_besides(self, seat: Seat) -> bool:
+        """Whether any connection other than `seat`'s is in the pass (rule 3)."""
+        return any(s.state.in_pass for s in self._seats.values() if s is not seat)
+
+    def _connections_in_pass(self) -> int:
+        return sum(s.state.in_pass for s in self._seats.values())
 
     # -- the stream --------------------------------------------------------
     def take(self, conn: Hashable, count: int) -> list[int] | None:
@@ -337,17 +418,33 @@ class SampleStream:
         in the pass (rule 7d)."""
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
-        self.connect(conn)
-        # Rule 7 counts a first take before the first reset (maybe EIR's
-        # probe, given back by rule 4) only once a second take confirms it.
-        first = self._before_first_reset.get(conn, ())
-        probe, confirmed = first is None, int(bool(first))
-        if not probe and count > self._largest_batch:
+        seat = self._seat(conn)
+        state = seat.state
+        # A FRESH seat's take may be EIR's probe (rule 4): rule 7 counts it,
+        # and its size, only once a second take confirms it.
+        if state is not FRESH and count > self._largest_batch:
             self._largest_batch = count
-        if conn not in self._over and self.num_samples is not None:
-            count = self._balanced_count(conn, count, probe, confirmed)
-        if conn in self._over or not count:
-            return self._pass_over_for(conn)
+        if state in _TOLD:
+            seat.enter(SeatEvent.TOLD_OVER)
+            return None
+        if self.num_samples is not None:
+            count = self._balanced_count(seat, conn, count)
+            if not count:
+                seat.enter(SeatEvent.TOLD_OVER)
+                return None
+        out = self._serve(count)
+        if state is FRESH:
+            seat.probe_batch = tuple(out)
+            seat.enter(SeatEvent.PROBE)
+        else:
+            seat.level += 2 if state is PROBED else 1  # a confirmed probe counts
+            seat.batch_size = count
+            seat.enter(SeatEvent.SERVED)
+        return out
+
+    def _serve(self, count: int) -> list[int]:
+        """Hand out the next `count` indices: the front first, then fresh ones
+        past the cursor, skipping validation ids (fewer at the end)."""
         # The front never holds a validation id: `reset` and
         # `set_validation_ids` leave them out.
         front = self._front
@@ -366,91 +463,63 @@ class SampleStream:
                     wanted -= 1
                 cursor += 1
         self._cursor = cursor
-        if probe:
-            self._before_first_reset[conn] = tuple(out)
-            self._level.setdefault(conn, 0)
-        else:
-            self._before_first_reset.pop(conn, None)  # a second take: no probe
-            self._batch_size[conn] = count
-            self._level[conn] = self._level.get(conn, 0) + confirmed + 1
-        self._in_pass.add(conn)
         self._served_in_pass += len(out)
         self._served_total += len(out)
         return out
 
-    def _pass_over_for(self, conn: Hashable) -> None:
-        """Tell `conn` its pass is over (rule 3): None now and until its reset."""
-        self._over.add(conn)
-        self._leave_pass(conn)
-        return None
+    def _others(self, seat: Seat) -> tuple[int, int, int, int]:
+        """Rule 7's view of the seats with a level, but `seat`: how many, the
+        highest level, the sum of their batch sizes, and the sum of level x
+        batch size (a size not known yet counts as the pass's largest take).
 
-    def _leave_pass(self, conn: Hashable) -> None:
-        """Drop what the pass keeps about `conn` (rules 3, 4 and 7)."""
-        self._in_pass.discard(conn)
-        self._before_first_reset.pop(conn, None)
-        self._level.pop(conn, None)
-        self._batch_size.pop(conn, None)
+        The *deficit* of a level L (the samples that bring them all up to L)
+        is then L x sizes - weighted, because no seat is ever above the L it
+        is measured against: L is at least the leaders' level until the
+        final level is fixed, and no take lifts a seat past the final level."""
+        guess = self._largest_batch
+        count = top = sizes = weighted = 0
+        for other in self._seats.values():
+            if other.state in _LEVELLED and other is not seat:
+                level, size = other.level, other.batch_size or guess
+                count += 1
+                sizes += size
+                weighted += level * size
+                if level > top:
+                    top = level
+        return count, top, sizes, weighted
 
-    def _deficit(
-        self, level: int, levels: dict[Hashable, int], sizes: dict[Hashable, int]
-    ) -> int:
-        """Samples needed to bring every connection in `levels` up to `level`;
-        a connection of unknown batch size counts with the pass's largest."""
-        guess = max(self._largest_batch, max(sizes.values(), default=0))
-        return sum(
-            (level - have) * sizes.get(conn, guess)
-            for conn, have in levels.items()
-            if have < level
-        )
-
-    def _balanced_count(
-        self, conn: Hashable, count: int, probe: bool, confirmed: int
-    ) -> int:
+    def _balanced_count(self, seat: Seat, conn: Hashable, count: int) -> int:
         """How many indices rule 7 lets `conn` take now: `count`, or fewer
         (the tail, for a connection alone in the pass), or 0 (none: its pass
         is over). Fixes the final level at the first refused leader.
 
-        `probe`: this may be EIR's probe, which does not count (its reset
-        decides whether the connection can be brought level, rule 7b).
-        `confirmed`: 1 if this take confirms that its first one was no probe.
-        """
+        A FRESH seat's take may be EIR's probe: it takes nothing from the
+        others' share and counts for nothing (its reset decides whether the
+        connection can be brought level, rule 7b). A PROBED seat's take
+        confirms that its first one was no probe: both count."""
         left = self.remaining() or 0
-        level = self._level.get(conn, 0) + confirmed
-        top = max(self._level.values(), default=0)
+        probe = seat.state is FRESH
+        level = seat.level + (seat.state is PROBED)
+        peers, top, sizes, weighted = self._others(seat)  # top: leaders' level
         final = self._final_level
-        levels, sizes = dict(self._level), dict(self._batch_size)
-        if probe:  # takes nothing from the others' share, counts for nothing
-            levels.pop(conn, None)
-            target = top if final is None else final
-        else:
-            levels[conn], sizes[conn] = level + 1, count
-            target = max(top, level + 1) if final is None else final
-        if (final is None or level < final) and left - count >= self._deficit(
-            target, levels, sizes
-        ):
-            return count
-        others = self._in_pass - {conn}
-        if final is None and not others and left:
+        # The take is served if what is left after it can bring everyone up to
+        # `target`: the final level once fixed, else the leaders' level or the
+        # one this take reaches. A probe counts for nothing; any other take
+        # brings its own seat to `level + 1`, below `target` only when the
+        # final level is fixed and it is catching up.
+        target = (top if probe else max(top, level + 1)) if final is None else final
+        if final is None or level < final:
+            own = 0 if probe else (target - level - 1) * count
+            if left - count >= own + target * sizes - weighted:
+                return count
+        if final is None and left and not self._in_pass_besides(seat):
             return min(count, left)  # rule 7d
         if probe:
             return 0
         if final is None and level >= top:  # a leader: the pass ends here (7a)
             self._final_level = level
-            levels[conn] = level
-            guess = max(self._largest_batch, count)
-            probing = sum(  # samples a probe holds come back when it joins
-                len(b or ()) for c, b in self._before_first_reset.items() if c in levels
-            )
-            logger.info(
-                "pass over at %d full batch(es) per connection for the %d "
-                "connection(s) in it: %d sample(s) left unserved in this "
-                "pass, fewer than one more batch for each (%d), which would "
-                "put GPU ranks out of step",
-                level,
-                len(levels),
-                max(left + probing - self._deficit(level, levels, sizes), 0),
-                sum(sizes.get(c, guess) for c in levels),
-            )
+            deficit = level * sizes - weighted
+            self._log_pass_over(level, peers + 1, left - deficit, count + sizes)
         elif final is None or level < final:  # behind, cannot catch up (7b, 7c)
             logger.info(
                 "conn#%s at %d batch(es) cannot be brought up to the others' "
@@ -462,6 +531,38 @@ class SampleStream:
                 left,
             )
         return 0
+
+    def _log_pass_over(
+        self, level: int, connections: int, spare: int, one_more: int
+    ) -> None:
+        """One INFO line when a leader fixes the final level (rule 7a): what
+        stays unserved (`spare`, what is left beyond bringing everyone up to
+        `level`), and why the pass ends there."""
+        # The samples probes hold come back to the front when they join; only
+        # a PROBED seat holds any.
+        probing = sum(len(s.probe_batch) for s in self._seats.values())
+        unserved = max(spare + probing, 0)
+        if connections == 1:
+            logger.info(
+                "pass over after %d batch(es) for the one connection in it: "
+                "%d sample(s) left, fewer than one more batch (%d), so the "
+                "pass ends there",
+                level,
+                unserved,
+                one_more,
+            )
+            return
+        logger.info(
+            "pass over at %d full batch(es) per connection for the %d "
+            "connection(s) in it: %d sample(s) left unserved in this pass, "
+            "fewer than one more batch for each (%d); they stop together "
+            "because GPU ranks training together must run the same number "
+            "of steps",
+            level,
+            connections,
+            unserved,
+            one_more,
+        )
 
     def peek(self, count: int) -> list[int]:
         """The indices the next `take` calls would hand out, without taking them."""
@@ -479,45 +580,40 @@ class SampleStream:
 
     def reset(self, conn: Hashable) -> ResetOutcome:
         """Rewind for `conn`, or let it join the pass others are in (rules 4, 7b)."""
-        self.connect(conn)
-        self._over.discard(conn)
-        probe_batch = self._before_first_reset.pop(conn, None)
-        others_in_pass = len(self._in_pass) - (conn in self._in_pass)
-        if not others_in_pass:
+        seat = self._seat(conn)
+        if not self._in_pass_besides(seat):
             self._cursor = 0
             self._front.clear()
-            self._in_pass = {conn}  # it reads this pass from its start
-            for other in self._before_first_reset:  # (none has a batch: rule 4)
-                self._before_first_reset[other] = None
-            self._level = {conn: 0}
-            self._batch_size.clear()
             self._final_level = None
             self._largest_batch = 0
             self._served_in_pass = 0
             self._rewinds += 1
+            seat.level, seat.batch_size = 0, None  # it reads this pass from its start
+            seat.enter(SeatEvent.REWIND)
             return ResetOutcome(rewound=True, position=0, returned=0)
-        returned = [i for i in probe_batch or () if i not in self._skip]
+        returned = [i for i in seat.probe_batch if i not in self._skip]
         self._front.extendleft(reversed(returned))
         self._served_in_pass -= len(returned)
-        self._in_pass.add(conn)
-        self._admit(conn)
+        self._admit(seat, conn)
         return ResetOutcome(
             rewound=False, position=self._cursor, returned=len(returned)
         )
 
-    def _admit(self, conn: Hashable) -> None:
+    def _admit(self, seat: Seat, conn: Hashable) -> None:
         """Rule 7b for a connection joining by reset: it counts from where it
-        is (0 for a newcomer) if what is left can bring it up to the others."""
-        level = self._level.setdefault(conn, 0)
+        is (0 for a newcomer) if what is left can bring it up to the others;
+        otherwise it sits this pass out."""
         if self.num_samples is None:
+            seat.enter(SeatEvent.JOIN)
             return
         final = self._final_level
-        target = max(self._level.values()) if final is None else final
+        _, top, sizes, weighted = self._others(seat)
+        level, size = seat.level, seat.batch_size or self._largest_batch
+        target = max(top, level) if final is None else final
         left = self.remaining() or 0
-        if (
-            level >= target
-            or self._deficit(target, self._level, self._batch_size) <= left
-        ):
+        deficit = target * (sizes + size) - weighted - level * size
+        if level >= target or deficit <= left:
+            seat.enter(SeatEvent.JOIN)
             return
         logger.info(
             "conn#%s joined a pass whose connections are at %d batch(es); "
@@ -527,9 +623,7 @@ class SampleStream:
             target,
             left,
         )
-        self._over.add(conn)  # told at its next take; in the pass until then
-        self._level.pop(conn)
-        self._batch_size.pop(conn, None)
+        seat.enter(SeatEvent.SIT_OUT)  # told at its next take; in the pass until then
 
     def set_validation_ids(self, ids: Sequence[str]) -> tuple[int, int]:
         """Replace the set of ids never to serve. Returns (ids received,
@@ -540,7 +634,8 @@ class SampleStream:
         end = self.num_samples  # a source's mapping may name indices out of range
         if skip and (min(skip) < 0 or (end is not None and max(skip) >= end)):
             skip = {i for i in skip if i >= 0 and (end is None or i < end)}
-        if self._validation_ids_set and self._in_pass and skip != self._skip:
+        in_pass = self._connections_in_pass()
+        if self._validation_ids_set and in_pass and skip != self._skip:
             logger.warning(
                 "validation ids replaced by a different set (%d ids, %d before) "
                 "while %d connection(s) are mid-pass: a second training run is "
@@ -548,7 +643,7 @@ class SampleStream:
                 "first run's. Start one server per training run",
                 len(skip),
                 len(self._skip),
-                len(self._in_pass),
+                in_pass,
             )
         self._skip = skip
         self._skip_sorted = None
@@ -591,8 +686,8 @@ class SampleStream:
             "samples_served_in_pass": self._served_in_pass,
             "samples_served_total": self._served_total,
             "rewinds": self._rewinds,
-            "open_connections": len(self._open),
-            "connections_in_pass": len(self._in_pass),
+            "open_connections": len(self._seats),
+            "connections_in_pass": self._connections_in_pass(),
             "validation_ids": len(self._skip),
             "validation_ids_received": self._validation_ids_received,
             "returned_to_front": len(self._front),

@@ -1,8 +1,8 @@
-"""The sample source (`SimulatedHealthData`) and one connection on the stream.
+"""The sample source (`SimulatedHealthData`) and its sample ids.
 
 The source must hand EIR samples in exactly the shape docs/protocol.md gives
-under "Samples"; the stream is exercised here from a single connection
-(several connections at once are the subject of the concurrency tests).
+under "Samples". The stream that hands out their indices (`SampleStream`) is
+tested in test_stream_rules.py.
 """
 
 import hashlib
@@ -13,22 +13,16 @@ import sys
 
 import pytest
 from conftest import ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from data_simulator import SampleStream, SimulatedHealthData, sample_id
+from data_simulator import (
+    SimulatedHealthData,
+    index_of_sample_id,
+    indices_of_sample_ids,
+    sample_id,
+)
 from sample_sources import SampleSource
-
-# The tutorial's keys, then this server's own.
-STATUS_KEYS = {"current_position", "max_iterations", "remaining_iterations"} | {
-    "phase",
-    "samples_served_in_pass",
-    "samples_served_total",
-    "rewinds",
-    "open_connections",
-    "connections_in_pass",
-    "validation_ids",
-    "validation_ids_received",
-}
-CONN = "conn-1"
 
 
 # -- SimulatedHealthData ---------------------------------------------------------
@@ -180,204 +174,61 @@ def test_bad_constructor_arguments_raise_value_error_naming_them(
         SimulatedHealthData(**kwargs)
 
 
-def test_zero_samples_is_a_valid_empty_stream() -> None:
-    source = SimulatedHealthData(max_iterations=0)
-    stream = SampleStream(source.num_samples)
-    stream.connect(CONN)
-    assert stream.take(CONN, 5) is None
-    assert stream.status()["remaining_iterations"] == 0
+# -- sample ids in bulk ----------------------------------------------------------
+ID_TEXT = st.one_of(
+    st.integers(0, 10**6).map(lambda k: f"sample_{k}"),
+    st.from_regex(r"sample_[0-9,\n]{0,8}", fullmatch=True),
+    st.from_regex(r"(sample_)?0[0-9]{1,3}", fullmatch=True),
+    st.sampled_from(
+        [
+            "",
+            "sample_",
+            "sample_-1",
+            "sample_ 1",
+            "sample_1 ",
+            "sample_١",
+            "sample_1e3",
+            "sample_+1",
+            "sample_1\nsample_2",
+            "sample_" + "9" * 5000,
+            "Sample_1",
+            "sample_1.0",
+            "sample_true",
+            "sample_[1]",
+        ]
+    ),
+    st.text(max_size=12),
+)
 
 
-# -- SampleStream, one connection ----------------------------------------------------
-def new_stream(num_samples: int | None) -> SampleStream:
-    stream = SampleStream(num_samples)
-    stream.connect(CONN)
-    return stream
+CANONICAL = st.integers(0, 10**6).map(lambda k: f"sample_{k}")
 
 
-def test_fresh_stream_status() -> None:
-    status = new_stream(300).status()
-    assert set(status) >= STATUS_KEYS
-    assert status["current_position"] == 0
-    assert status["max_iterations"] == 300
-    assert status["remaining_iterations"] == 300
-    assert status["open_connections"] == 1
-    assert status["samples_served_total"] == 0
-    json.dumps(status)  # it goes into a status reply
+@st.composite
+def id_lists(draw: st.DrawFn) -> list[str]:
+    """Mixed lists, and lists of canonical ids with at most one odd id in them
+    (the bulk path's hard case: one bad id among good ones)."""
+    if draw(st.booleans()):
+        return draw(st.lists(ID_TEXT, max_size=30))
+    received = draw(st.lists(CANONICAL, min_size=1, max_size=30))
+    if draw(st.booleans()):
+        position = draw(st.integers(0, len(received)))
+        received.insert(position, draw(ID_TEXT))
+    return received
 
 
-@pytest.mark.parametrize("batch", [1, 7, 32, 100, 299, 300, 1000])
-def test_batches_cover_the_stream_in_order_with_a_partial_last_one(batch: int) -> None:
-    stream = new_stream(300)
-    served: list[int] = []
-    sizes = []
-    while (indices := stream.take(CONN, batch)) is not None:
-        served += indices
-        sizes.append(len(indices))
-        assert stream.status()["current_position"] == len(served)
-        assert stream.status()["remaining_iterations"] == 300 - len(served)
-    assert served == list(range(300))
-    full, rest = divmod(300, batch)
-    assert sizes == [batch] * full + ([rest] if rest else [])
+@settings(max_examples=500, deadline=None)
+@given(id_lists(), st.one_of(st.none(), st.integers(0, 2 * 10**6)))
+def test_bulk_id_parsing_agrees_with_parsing_one_id_at_a_time(
+    received: list[str], num_samples: int | None
+) -> None:
+    one_by_one = {index_of_sample_id(s, num_samples) for s in received} - {None}
+    assert indices_of_sample_ids(received, num_samples) == one_by_one
 
 
-def test_exhausted_stream_answers_none_every_time_and_stays_put() -> None:
-    stream = new_stream(10)
-    assert stream.take(CONN, 10) == list(range(10))
-    for _ in range(5):
-        assert stream.take(CONN, 3) is None
-    status = stream.status()
-    assert status["current_position"] == 10
-    assert status["remaining_iterations"] == 0
-    assert status["samples_served_total"] == 10
-    assert status["connections_in_pass"] == 0  # told "terminate": pass over
-
-
-@pytest.mark.parametrize("count", [0, -1])
-def test_take_rejects_a_count_below_one_and_changes_nothing(count: int) -> None:
-    stream = new_stream(10)
-    stream.take(CONN, 3)
-    before = stream.status()
-    with pytest.raises(ValueError, match=str(count)):
-        stream.take(CONN, count)
-    assert stream.status() == before
-
-
-def test_reset_rewinds_and_replays_the_same_indices_and_samples() -> None:
-    source = SimulatedHealthData(seed=7, max_iterations=50)
-    stream = new_stream(source.num_samples)
-    first = [stream.take(CONN, 8), stream.take(CONN, 8), stream.take(CONN, 5)]
-    first_samples = source.samples([i for batch in first for i in batch])
-
-    outcome = stream.reset(CONN)
-    assert outcome.rewound and outcome.position == 0 and outcome.returned == 0
-    status = stream.status()
-    assert status["current_position"] == 0
-    assert status["remaining_iterations"] == 50
-    assert status["rewinds"] == 1
-
-    again = [stream.take(CONN, 8), stream.take(CONN, 8), stream.take(CONN, 5)]
-    assert again == first == [list(range(8)), list(range(8, 16)), list(range(16, 21))]
-    again_samples = SimulatedHealthData(seed=7, max_iterations=50).samples(
-        [i for batch in again for i in batch]
-    )
-    assert again_samples == first_samples
-    assert again_samples[0]["sample_id"] == "sample_0"
-
-
-def test_reset_after_exhaustion_starts_a_new_pass() -> None:
-    stream = new_stream(5)
-    assert stream.take(CONN, 10) == [0, 1, 2, 3, 4]
-    assert stream.take(CONN, 10) is None
-    assert stream.reset(CONN).rewound
-    assert stream.take(CONN, 10) == [0, 1, 2, 3, 4]
-    status = stream.status()
-    assert status["samples_served_in_pass"] == 5
-    assert status["samples_served_total"] == 10
-
-
-def test_status_counts_what_was_served() -> None:
-    stream = new_stream(100)
-    stream.take(CONN, 30)
-    stream.take(CONN, 12)
-    status = stream.status()
-    assert status["current_position"] == 42
-    assert status["remaining_iterations"] == 58
-    assert status["samples_served_in_pass"] == 42
-    assert status["samples_served_total"] == 42
-    assert status["connections_in_pass"] == 1
-    assert status["rewinds"] == 0
-    assert status["phase"] == "setup"
-
-
-def test_unbounded_stream_never_ends() -> None:
-    stream = new_stream(None)
-    served: list[int] = []
-    for _ in range(50):
-        indices = stream.take(CONN, 1000)
-        assert indices is not None and len(indices) == 1000
-        served += indices
-    assert served == list(range(50_000))
-    status = stream.status()
-    assert status["max_iterations"] is None
-    assert status["remaining_iterations"] is None
-    assert status["current_position"] == 50_000
-
-
-def test_connecting_and_disconnecting_never_move_the_cursor() -> None:
-    stream = new_stream(100)
-    stream.take(CONN, 40)
-    stream.connect("other")
-    assert stream.status()["open_connections"] == 2
-    stream.disconnect("other")
-    stream.disconnect(CONN)
-    status = stream.status()
-    assert status["open_connections"] == 0
-    assert status["current_position"] == 40
-    assert status["rewinds"] == 0
-    stream.connect("later")
-    assert stream.take("later", 5) == [40, 41, 42, 43, 44]
-
-
-def test_validation_ids_are_skipped_in_every_pass() -> None:
-    stream = new_stream(20)
-    ids = ["sample_0", "sample_3", "sample_4", "sample_19", "sample_7"]
-    assert stream.set_validation_ids(ids) == (5, 5)
-    expected = [i for i in range(20) if i not in {0, 3, 4, 7, 19}]
-    status = stream.status()
-    assert status["phase"] == "training"
-    assert status["validation_ids"] == 5
-    assert status["validation_ids_received"] == 5
-    assert status["remaining_iterations"] == len(expected)
-    for _ in range(2):  # before and after a rewind
-        served: list[int] = []
-        while (indices := stream.take(CONN, 4)) is not None:
-            assert len(indices) == 4 or not stream.peek(1)  # full batches but last
-            served += indices
-        assert served == expected
-        assert stream.status()["remaining_iterations"] == 0
-        assert stream.reset(CONN).rewound
-
-
-def test_validation_ids_the_stream_does_not_produce_are_counted_not_used() -> None:
-    stream = new_stream(10)
-    ids = ["sample_2", "sample_2", "sample_10", "sample_02", "valid_9", "sample_5"]
-    received, known = stream.set_validation_ids(ids)
-    assert (received, known) == (6, 2)
-    served: list[int] = []
-    while (indices := stream.take(CONN, 3)) is not None:
-        served += indices
-    assert served == [0, 1, 3, 4, 6, 7, 8, 9]
-
-
-def test_new_validation_ids_replace_the_old_ones() -> None:
-    stream = new_stream(10)
-    stream.set_validation_ids(["sample_1", "sample_2"])
-    stream.set_validation_ids(["sample_5"])
-    assert stream.take(CONN, 10) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
-    stream.reset(CONN)
-    stream.set_validation_ids([])
-    assert stream.take(CONN, 10) == list(range(10))
-    assert stream.status()["validation_ids"] == 0
-
-
-def test_all_ids_for_validation_leaves_nothing_to_train_on() -> None:
-    stream = new_stream(4)
-    stream.set_validation_ids([f"sample_{k}" for k in range(4)])
-    assert stream.status()["remaining_iterations"] == 0
-    assert stream.take(CONN, 2) is None
-
-
-@pytest.mark.parametrize("validation", [[], ["sample_2", "sample_3", "sample_11"]])
-def test_peek_shows_what_take_returns_next(validation: list[str]) -> None:
-    stream = new_stream(25)
-    stream.set_validation_ids(validation)
-    for batch in (1, 5, 9, 2, 30, 4):
-        before = stream.status()
-        peeked = stream.peek(batch)
-        assert stream.status() == before  # peeking takes nothing
-        assert stream.peek(batch) == peeked
-        assert stream.peek(batch + 3)[:batch] == peeked  # a longer look, same start
-        taken = stream.take(CONN, batch)
-        assert (taken or []) == peeked
-    assert stream.peek(10) == []
+def test_half_a_million_ids_in_bulk() -> None:
+    received = [sample_id(k) for k in range(0, 1_000_000, 2)]
+    assert indices_of_sample_ids(received, None) == set(range(0, 1_000_000, 2))
+    assert indices_of_sample_ids(received, 11) == {0, 2, 4, 6, 8, 10}
+    received[123_456] = "sample_0123"  # one odd id: the slow path, same answer
+    assert indices_of_sample_ids(received, 11) == {0, 2, 4, 6, 8, 10}

@@ -1,4 +1,5 @@
-"""The multi-client rules of `SampleStream`, without sockets.
+"""The rules of `SampleStream`, for one connection or many, and the life
+cycle of a connection's `Seat`, without sockets.
 
 Connections are plain strings here. EIR's validation probe is `take(conn, 1)`
 followed by `reset(conn)`; its training connection is the probe, then takes
@@ -6,6 +7,7 @@ until `take` returns None (the server's "terminate").
 """
 
 import itertools
+import json
 import logging
 import random
 import re
@@ -17,11 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data_simulator import (
+    SEAT_LIFE_CYCLE,
     ResetOutcome,
     SampleStream,
+    Seat,
+    SeatEvent,
+    SeatState,
     SimulatedHealthData,
-    index_of_sample_id,
-    indices_of_sample_ids,
 )
 
 
@@ -43,6 +47,84 @@ def probe(stream: SampleStream, conn: str) -> tuple[list[int] | None, ResetOutco
     return stream.take(conn, 1), stream.reset(conn)
 
 
+def eir_probe(stream: SampleStream, conn: str) -> ResetOutcome:
+    """EIR's probe at the start of a training connection."""
+    stream.connect(conn)
+    stream.take(conn, 1)
+    return stream.reset(conn)
+
+
+def one_connection(num_samples: int | None) -> SampleStream:
+    """A stream with one connection, "a", open."""
+    stream = SampleStream(num_samples)
+    stream.connect("a")
+    return stream
+
+
+# -- a connection's seat: its life cycle ---------------------------------------
+def test_a_seat_refuses_a_transition_its_life_cycle_does_not_have() -> None:
+    for state, allowed in SEAT_LIFE_CYCLE.items():
+        for event in set(SeatEvent) - set(allowed):
+            seat = Seat(state)
+            with pytest.raises(RuntimeError, match="no transition from"):
+                seat.enter(event)
+            assert seat == Seat(state)  # unchanged
+    # Every state has a row; from every one a connection can reset (rule 4)
+    # and be told its pass is over (rule 3).
+    assert set(SEAT_LIFE_CYCLE) == set(SeatState)
+    anytime = {SeatEvent.REWIND, SeatEvent.JOIN, SeatEvent.SIT_OUT, SeatEvent.TOLD_OVER}
+    assert all(anytime <= set(allowed) for allowed in SEAT_LIFE_CYCLE.values())
+
+
+def test_a_seat_keeps_level_and_probe_batch_only_in_the_states_that_use_them() -> None:
+    seat = Seat(probe_batch=(7,))
+    seat.enter(SeatEvent.PROBE)
+    assert seat == Seat(SeatState.PROBED, probe_batch=(7,))
+    seat.level, seat.batch_size = 2, 8  # the probe confirmed: both batches count
+    seat.enter(SeatEvent.SERVED)
+    assert seat == Seat(SeatState.STREAMING, level=2, batch_size=8)
+    seat.enter(SeatEvent.JOIN)  # a reset that joins: it counts from where it is
+    assert seat == Seat(SeatState.STREAMING, level=2, batch_size=8)
+    seat.enter(SeatEvent.SIT_OUT)
+    assert seat == Seat(SeatState.SITTING_OUT)
+    seat.enter(SeatEvent.TOLD_OVER)
+    assert seat == Seat(SeatState.OVER)
+
+
+def test_in_the_pass_are_the_probed_the_streaming_and_those_sitting_out() -> None:
+    """Rule 3 through every state of a seat, seen in `status`."""
+    assert {s for s in SeatState if s.in_pass} == {
+        SeatState.PROBED,
+        SeatState.STREAMING,
+        SeatState.SITTING_OUT,
+    }
+    stream = SampleStream(100)
+
+    def in_pass() -> int:
+        return stream.status()["connections_in_pass"]
+
+    stream.connect("a")
+    assert in_pass() == 0  # a: fresh
+    assert stream.take("a", 1) == [0]
+    assert in_pass() == 1  # a: probed
+    assert stream.reset("a").rewound
+    assert in_pass() == 1  # a: streaming, at 0 batches
+    assert stream.take("a", 32) == list(range(32))
+    assert stream.take("a", 32) == list(range(32, 64))
+    stream.connect("b")
+    assert in_pass() == 1  # b: fresh
+    assert stream.take("b", 1) == [64]
+    assert in_pass() == 2  # b: probed
+    assert stream.reset("b").returned == 1  # 36 left cannot bring b up to 2
+    assert in_pass() == 2  # b: sitting out, told at its next take
+    assert stream.take("b", 32) is None
+    assert in_pass() == 1  # b: over
+    assert stream.take("a", 32) == list(range(64, 96))
+    assert stream.take("a", 32) == [96, 97, 98, 99]  # alone: the tail (7d)
+    assert stream.take("a", 32) is None
+    assert in_pass() == 0  # both over
+
+
 # -- rule 1: one cursor ------------------------------------------------------
 def test_connections_share_one_cursor_and_no_index_is_served_twice() -> None:
     stream = SampleStream(20)
@@ -61,20 +143,51 @@ def test_connections_share_one_cursor_and_no_index_is_served_twice() -> None:
     assert stream.remaining() == 2
 
 
-def test_take_rejects_a_count_below_one_and_changes_nothing() -> None:
-    stream = SampleStream(10)
-    stream.connect("a")
+@pytest.mark.parametrize("batch", [1, 7, 32, 100, 299, 300, 1000])
+def test_batches_cover_the_stream_in_order_with_a_partial_last_one(batch: int) -> None:
+    stream = one_connection(300)
+    served: list[int] = []
+    sizes = []
+    while (indices := stream.take("a", batch)) is not None:
+        served += indices
+        sizes.append(len(indices))
+        assert stream.status()["current_position"] == len(served)
+        assert stream.status()["remaining_iterations"] == 300 - len(served)
+    assert served == list(range(300))
+    full, rest = divmod(300, batch)
+    assert sizes == [batch] * full + ([rest] if rest else [])
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_take_rejects_a_count_below_one_and_changes_nothing(count: int) -> None:
+    stream = one_connection(10)
+    stream.take("a", 3)
     before = stream.status()
-    with pytest.raises(ValueError, match="count must be at least 1, got 0"):
-        stream.take("a", 0)
+    with pytest.raises(ValueError, match=f"count must be at least 1, got {count}"):
+        stream.take("a", count)
     assert stream.status() == before
 
 
 def test_unbounded_stream_never_ends() -> None:
-    stream = SampleStream(None)
+    stream = one_connection(None)
+    served: list[int] = []
+    for _ in range(50):
+        indices = stream.take("a", 1000)
+        assert indices is not None and len(indices) == 1000
+        served += indices
+    assert served == list(range(50_000))
+    status = stream.status()
+    assert status["max_iterations"] is None
+    assert status["remaining_iterations"] is None
+    assert status["current_position"] == 50_000
+
+
+def test_zero_samples_is_a_valid_empty_stream() -> None:
+    source = SimulatedHealthData(max_iterations=0)
+    stream = SampleStream(source.num_samples)
     stream.connect("a")
-    assert stream.take("a", 10_000)[-1] == 9_999
-    assert stream.take("a", 3) == [10_000, 10_001, 10_002]
+    assert stream.take("a", 5) is None
+    assert stream.status()["remaining_iterations"] == 0
 
 
 def test_negative_length_is_refused() -> None:
@@ -95,6 +208,48 @@ def test_validation_ids_are_skipped_across_rewinds_until_replaced() -> None:
     assert drain(stream, "a") == [1, 2, 3, 4, 5, 6]
 
 
+def test_validation_ids_are_skipped_in_every_pass() -> None:
+    stream = one_connection(20)
+    ids = ["sample_0", "sample_3", "sample_4", "sample_19", "sample_7"]
+    assert stream.set_validation_ids(ids) == (5, 5)
+    expected = [i for i in range(20) if i not in {0, 3, 4, 7, 19}]
+    status = stream.status()
+    assert status["phase"] == "training"
+    assert status["validation_ids"] == 5
+    assert status["validation_ids_received"] == 5
+    assert status["remaining_iterations"] == len(expected)
+    for _ in range(2):  # before and after a rewind
+        served: list[int] = []
+        while (indices := stream.take("a", 4)) is not None:
+            assert len(indices) == 4 or not stream.peek(1)  # full batches but last
+            served += indices
+        assert served == expected
+        assert stream.status()["remaining_iterations"] == 0
+        assert stream.reset("a").rewound
+
+
+def test_new_validation_ids_replace_the_old_ones() -> None:
+    stream = one_connection(10)
+    stream.set_validation_ids(["sample_1", "sample_2"])
+    stream.set_validation_ids(["sample_5"])
+    assert stream.take("a", 10) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    stream.reset("a")
+    stream.set_validation_ids([])
+    assert stream.take("a", 10) == list(range(10))
+    assert stream.status()["validation_ids"] == 0
+
+
+def test_validation_ids_the_stream_does_not_produce_are_counted_not_used() -> None:
+    stream = one_connection(10)
+    ids = ["sample_2", "sample_2", "sample_10", "sample_02", "valid_9", "sample_5"]
+    received, known = stream.set_validation_ids(ids)
+    assert (received, known) == (6, 2)
+    served: list[int] = []
+    while (indices := stream.take("a", 3)) is not None:
+        served += indices
+    assert served == [0, 1, 3, 4, 6, 7, 8, 9]
+
+
 def test_confirmation_counts_received_ids_and_distinct_ids_this_stream_makes() -> None:
     stream = SampleStream(10)
     received = [
@@ -108,6 +263,13 @@ def test_confirmation_counts_received_ids_and_distinct_ids_this_stream_makes() -
     status = stream.status()
     assert (status["validation_ids_received"], status["validation_ids"]) == (7, 2)
     assert stream.validation_indices() == [1, 9]
+
+
+def test_all_ids_for_validation_leaves_nothing_to_train_on() -> None:
+    stream = one_connection(4)
+    stream.set_validation_ids([f"sample_{k}" for k in range(4)])
+    assert stream.status()["remaining_iterations"] == 0
+    assert stream.take("a", 2) is None
 
 
 def test_validation_ids_set_between_a_take_and_its_give_back_are_not_returned() -> None:
@@ -154,64 +316,87 @@ def test_the_simulated_source_parses_ids_in_bulk() -> None:
     assert drain(stream, "a") == [1, 2, 3, 4]
 
 
-ID_TEXT = st.one_of(
-    st.integers(0, 10**6).map(lambda k: f"sample_{k}"),
-    st.from_regex(r"sample_[0-9,\n]{0,8}", fullmatch=True),
-    st.from_regex(r"(sample_)?0[0-9]{1,3}", fullmatch=True),
-    st.sampled_from(
-        [
-            "",
-            "sample_",
-            "sample_-1",
-            "sample_ 1",
-            "sample_1 ",
-            "sample_١",
-            "sample_1e3",
-            "sample_+1",
-            "sample_1\nsample_2",
-            "sample_" + "9" * 5000,
-            "Sample_1",
-            "sample_1.0",
-            "sample_true",
-            "sample_[1]",
-        ]
-    ),
-    st.text(max_size=12),
-)
-CANONICAL = st.integers(0, 10**6).map(lambda k: f"sample_{k}")
+def test_every_rank_sending_the_same_validation_ids_changes_nothing(caplog) -> None:
+    stream = SampleStream(300)
+    stream.set_validation_ids(ids(*range(0, 300, 3)))  # rank 0's setup
+    for conn in "ab":
+        eir_probe(stream, conn)
+    stream.take("a", 16)
+    stream.take("b", 16)
+    before, ahead = stream.status(), stream.peek(50)
+    assert stream.set_validation_ids(ids(*range(0, 300, 3))) == (100, 100)  # rank 1
+    assert stream.status() == before and stream.peek(50) == ahead
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@st.composite
-def id_lists(draw: st.DrawFn) -> list[str]:
-    """Mixed lists, and lists of canonical ids with at most one odd id in them
-    (the bulk path's hard case: one bad id among good ones)."""
-    if draw(st.booleans()):
-        return draw(st.lists(ID_TEXT, max_size=30))
-    received = draw(st.lists(CANONICAL, min_size=1, max_size=30))
-    if draw(st.booleans()):
-        position = draw(st.integers(0, len(received)))
-        received.insert(position, draw(ID_TEXT))
-    return received
+def test_a_different_validation_set_mid_pass_warns_once_and_is_used(caplog) -> None:
+    stream = SampleStream(300)
+    stream.set_validation_ids(ids(1, 2))
+    eir_probe(stream, "trainer")
+    stream.take("trainer", 16)
+    stream.set_validation_ids(ids(3, 4, 5))  # a second run's setup
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "second training run" in warnings[0], warnings
+    assert "one server per training run" in warnings[0]
+    assert stream.validation_indices() == [3, 4, 5]  # accepted, as before
 
 
-@settings(max_examples=500, deadline=None)
-@given(id_lists(), st.one_of(st.none(), st.integers(0, 2 * 10**6)))
-def test_bulk_id_parsing_agrees_with_parsing_one_id_at_a_time(
-    received: list[str], num_samples: int | None
-) -> None:
-    one_by_one = {index_of_sample_id(s, num_samples) for s in received} - {None}
-    assert indices_of_sample_ids(received, num_samples) == one_by_one
-
-
-def test_half_a_million_ids_in_bulk() -> None:
-    received = ids(*range(0, 1_000_000, 2))
-    assert indices_of_sample_ids(received, None) == set(range(0, 1_000_000, 2))
-    assert indices_of_sample_ids(received, 11) == {0, 2, 4, 6, 8, 10}
-    received[123_456] = "sample_0123"  # one odd id: the slow path, same answer
-    assert indices_of_sample_ids(received, 11) == {0, 2, 4, 6, 8, 10}
+def test_a_different_validation_set_between_runs_is_quiet(caplog) -> None:
+    stream = SampleStream(50)
+    stream.set_validation_ids(ids(1, 2))
+    eir_probe(stream, "trainer")
+    drain(stream, "trainer")
+    stream.disconnect("trainer")
+    stream.set_validation_ids(ids(3))  # the next run, nobody mid-pass
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 # -- rules 3 and 4: reset, join, give back --------------------------------------
+def test_exhausted_stream_answers_none_every_time_and_stays_put() -> None:
+    stream = one_connection(10)
+    assert stream.take("a", 10) == list(range(10))
+    for _ in range(5):
+        assert stream.take("a", 3) is None
+    status = stream.status()
+    assert status["current_position"] == 10
+    assert status["remaining_iterations"] == 0
+    assert status["samples_served_total"] == 10
+    assert status["connections_in_pass"] == 0  # told "terminate": pass over
+
+
+def test_reset_rewinds_and_replays_the_same_indices_and_samples() -> None:
+    source = SimulatedHealthData(seed=7, max_iterations=50)
+    stream = one_connection(source.num_samples)
+    first = [stream.take("a", 8), stream.take("a", 8), stream.take("a", 5)]
+    first_samples = source.samples([i for batch in first for i in batch])
+
+    outcome = stream.reset("a")
+    assert outcome.rewound and outcome.position == 0 and outcome.returned == 0
+    status = stream.status()
+    assert status["current_position"] == 0
+    assert status["remaining_iterations"] == 50
+    assert status["rewinds"] == 1
+
+    again = [stream.take("a", 8), stream.take("a", 8), stream.take("a", 5)]
+    assert again == first == [list(range(8)), list(range(8, 16)), list(range(16, 21))]
+    again_samples = SimulatedHealthData(seed=7, max_iterations=50).samples(
+        [i for batch in again for i in batch]
+    )
+    assert again_samples == first_samples
+    assert again_samples[0]["sample_id"] == "sample_0"
+
+
+def test_reset_after_exhaustion_starts_a_new_pass() -> None:
+    stream = one_connection(5)
+    assert stream.take("a", 10) == [0, 1, 2, 3, 4]
+    assert stream.take("a", 10) is None
+    assert stream.reset("a").rewound
+    assert stream.take("a", 10) == [0, 1, 2, 3, 4]
+    status = stream.status()
+    assert status["samples_served_in_pass"] == 5
+    assert status["samples_served_total"] == 10
+
+
 def test_a_reset_with_nobody_else_in_the_pass_rewinds_to_zero() -> None:
     stream = SampleStream(30)
     taken, outcome = probe(stream, "a")
@@ -303,14 +488,6 @@ def test_terminate_ends_a_connections_pass() -> None:
     assert stream.take("b", 2) == [0, 1]
 
 
-def test_a_connection_told_terminate_that_resets_alone_starts_a_new_pass() -> None:
-    stream = SampleStream(5)
-    stream.connect("a")
-    drain(stream, "a")
-    assert stream.reset("a").rewound
-    assert drain(stream, "a") == list(range(5))
-
-
 def test_a_connection_told_terminate_joins_if_others_are_still_in_the_pass() -> None:
     stream = SampleStream(6)
     stream.connect("a")
@@ -375,6 +552,21 @@ def test_closing_a_connection_never_rewinds_or_moves_the_others() -> None:
     assert stream.reset("e").rewound  # and now nobody is
 
 
+def test_connecting_and_disconnecting_never_move_the_cursor() -> None:
+    stream = one_connection(100)
+    stream.take("a", 40)
+    stream.connect("other")
+    assert stream.status()["open_connections"] == 2
+    stream.disconnect("other")
+    stream.disconnect("a")
+    status = stream.status()
+    assert status["open_connections"] == 0
+    assert status["current_position"] == 40
+    assert status["rewinds"] == 0
+    stream.connect("later")
+    assert stream.take("later", 5) == [40, 41, 42, 43, 44]
+
+
 def test_closing_before_the_first_reset_does_not_give_the_probe_back() -> None:
     stream = SampleStream(20)
     stream.connect("a")
@@ -383,6 +575,20 @@ def test_closing_before_the_first_reset_does_not_give_the_probe_back() -> None:
     assert stream.take("b", 1) == [4]
     stream.disconnect("b")
     assert stream.take("a", 2) == [5, 6]
+
+
+# -- rule 6: the stream answers the caller, and nobody else ---------------------
+def test_a_connection_hears_its_pass_is_over_only_from_its_own_take() -> None:
+    stream = SampleStream(50)
+    for conn in "ab":
+        eir_probe(stream, conn)
+    assert stream.take("a", 20) == list(range(20))
+    assert stream.take("b", 20) == list(range(20, 40))
+    assert stream.take("a", 20) is None  # 10 left: not a batch for both
+    assert stream.status()["connections_in_pass"] == 1  # b has not been told
+    assert stream.peek(10) == list(range(40, 50))  # and nothing moved
+    assert stream.take("b", 20) is None  # it hears at its own next take
+    assert stream.status()["connections_in_pass"] == 0
 
 
 # -- peek ------------------------------------------------------------------------
@@ -403,6 +609,21 @@ def test_peek_shows_exactly_what_the_next_take_hands_out() -> None:
         assert got is None or got == expected
 
 
+@pytest.mark.parametrize("validation", [[], ["sample_2", "sample_3", "sample_11"]])
+def test_peek_takes_nothing_and_matches_the_next_take(validation: list[str]) -> None:
+    stream = one_connection(25)
+    stream.set_validation_ids(validation)
+    for batch in (1, 5, 9, 2, 30, 4):
+        before = stream.status()
+        peeked = stream.peek(batch)
+        assert stream.status() == before  # peeking takes nothing
+        assert stream.peek(batch) == peeked
+        assert stream.peek(batch + 3)[:batch] == peeked  # a longer look, same start
+        taken = stream.take("a", batch)
+        assert (taken or []) == peeked
+    assert stream.peek(10) == []
+
+
 # -- status ------------------------------------------------------------------------
 def test_status_reports_the_stream() -> None:
     stream = SampleStream(100)
@@ -420,6 +641,7 @@ def test_status_reports_the_stream() -> None:
         "validation_ids_received": 0,
         "returned_to_front": 0,
     }
+    json.dumps(stream.status())  # it goes into a status reply
     stream.connect("a")
     stream.take("a", 10)
     stream.reset("a")  # rewind
@@ -444,13 +666,18 @@ def test_status_reports_the_stream() -> None:
     assert stream.status()["remaining_iterations"] == 0
 
 
-def test_status_of_an_unbounded_stream_has_no_remaining_count() -> None:
-    stream = SampleStream(None)
-    stream.connect("a")
-    stream.take("a", 5)
+def test_status_counts_what_was_served() -> None:
+    stream = one_connection(100)
+    stream.take("a", 30)
+    stream.take("a", 12)
     status = stream.status()
-    assert (status["max_iterations"], status["remaining_iterations"]) == (None, None)
-    assert status["current_position"] == 5
+    assert status["current_position"] == 42
+    assert status["remaining_iterations"] == 58
+    assert status["samples_served_in_pass"] == 42
+    assert status["samples_served_total"] == 42
+    assert status["connections_in_pass"] == 1
+    assert status["rewinds"] == 0
+    assert status["phase"] == "setup"
 
 
 # -- all the rules at once: random interleavings ----------------------------------
@@ -704,7 +931,7 @@ def sat_out_of(records: list[logging.LogRecord]) -> set[str]:
 
 
 def pass_over_lines(records: list[logging.LogRecord]) -> list[str]:
-    return [r.getMessage() for r in records if "pass over at" in r.getMessage()]
+    return [r.getMessage() for r in records if r.getMessage().startswith("pass over")]
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -795,13 +1022,6 @@ class ListHandler(logging.Handler):
         self.records.append(record)
 
 
-def eir_probe(stream: SampleStream, conn: str) -> ResetOutcome:
-    """EIR's probe at the start of a training connection."""
-    stream.connect(conn)
-    stream.take(conn, 1)
-    return stream.reset(conn)
-
-
 def test_two_ranks_get_equal_batches_and_the_leftover_is_logged(caplog) -> None:
     """The issue's run: 1,200 samples, 100 validation ids, two ranks with
     batch 32, rank 0 a batch ahead (its request in flight): without rule 7
@@ -823,6 +1043,32 @@ def test_two_ranks_get_equal_batches_and_the_leftover_is_logged(caplog) -> None:
     assert "at 17 full batch(es) per connection for the 2 connection(s)" in line
     assert "12 sample(s) left unserved" in line
     assert "(64)" in line
+
+
+def test_the_pass_over_line_says_why_the_pass_ends_alone_or_together(
+    caplog,
+) -> None:
+    """Alone, a connection stops because less than a batch is left; with
+    others, they stop together, as GPU ranks must run the same number of
+    steps."""
+    caplog.set_level(logging.INFO, logger="data_simulator")
+    alone = SampleStream(100)
+    eir_probe(alone, "a")
+    assert [len(b) for b in iter(lambda: alone.take("a", 32), None)] == [32] * 3 + [4]
+    together = SampleStream(100)
+    for conn in "ab":
+        eir_probe(together, conn)
+    assert together.take("a", 32) is not None
+    assert together.take("b", 32) is not None
+    assert together.take("a", 32) is None  # 36 left: not a batch for both
+    assert pass_over_lines(caplog.records) == [
+        "pass over after 4 batch(es) for the one connection in it: 0 sample(s) "
+        "left, fewer than one more batch (32), so the pass ends there",
+        "pass over at 1 full batch(es) per connection for the 2 connection(s) in "
+        "it: 36 sample(s) left unserved in this pass, fewer than one more batch "
+        "for each (64); they stop together because GPU ranks training together "
+        "must run the same number of steps",
+    ]
 
 
 def test_a_rank_that_joins_behind_is_brought_up_to_the_others() -> None:
@@ -909,38 +1155,3 @@ def test_an_unbounded_stream_never_ends_a_pass() -> None:
     eir_probe(stream, "b")  # 50 batches behind: nothing to catch up to
     assert stream.take("b", 7) is not None
     assert stream.take("a", 1000) is not None
-
-
-def test_every_rank_sending_the_same_validation_ids_changes_nothing(caplog) -> None:
-    stream = SampleStream(300)
-    stream.set_validation_ids(ids(*range(0, 300, 3)))  # rank 0's setup
-    for conn in "ab":
-        eir_probe(stream, conn)
-    stream.take("a", 16)
-    stream.take("b", 16)
-    before, ahead = stream.status(), stream.peek(50)
-    assert stream.set_validation_ids(ids(*range(0, 300, 3))) == (100, 100)  # rank 1
-    assert stream.status() == before and stream.peek(50) == ahead
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-def test_a_different_validation_set_mid_pass_warns_once_and_is_used(caplog) -> None:
-    stream = SampleStream(300)
-    stream.set_validation_ids(ids(1, 2))
-    eir_probe(stream, "trainer")
-    stream.take("trainer", 16)
-    stream.set_validation_ids(ids(3, 4, 5))  # a second run's setup
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "second training run" in warnings[0], warnings
-    assert "one server per training run" in warnings[0]
-    assert stream.validation_indices() == [3, 4, 5]  # accepted, as before
-
-
-def test_a_different_validation_set_between_runs_is_quiet(caplog) -> None:
-    stream = SampleStream(50)
-    stream.set_validation_ids(ids(1, 2))
-    eir_probe(stream, "trainer")
-    drain(stream, "trainer")
-    stream.disconnect("trainer")
-    stream.set_validation_ids(ids(3))  # the next run, nobody mid-pass
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
