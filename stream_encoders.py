@@ -676,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sequence-length", type=int, default=64)
     parser.add_argument("--max-iterations", type=int, default=None)
     args = parser.parse_args(argv)
-    from data_simulator import load_source
+    from sample_sources import load_source
 
     settings = {
         "seed": args.seed,
