@@ -276,7 +276,7 @@ def test_a_cluster_without_workers_makes_requests_wait_and_says_why(
     that no worker is connected."""
     from conftest import running_server
 
-    from simulation_streamer import SampleProducer
+    from sample_producer import SampleProducer
 
     if importlib.util.find_spec("distributed") is None and not REQUIRED:
         pytest.skip("`distributed` is not installed")

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # imports it only for --cluster.
 TUTORIAL_FILES = [
     "simulation_streamer.py",
+    "stream_protocol.py",
     "sample_producer.py",
     "sample_sources.py",
     "data_simulator.py",

@@ -22,7 +22,7 @@ from waiting import wait_until
 from websocket import ABNF
 
 from data_simulator import SampleStream, SimulatedHealthData
-from simulation_streamer import (
+from stream_protocol import (
     AWAITING_HANDSHAKE,
     CLOSED,
     HEARTBEAT,

@@ -19,7 +19,7 @@ from waiting import wait_until
 from websocket import ABNF
 
 from data_simulator import SampleStream
-from simulation_streamer import CLOSED, READY, Close, Connection
+from stream_protocol import CLOSED, READY, Close, Connection
 
 MAX_ERROR_LENGTH = 400  # an error message quotes the bad value, cut short
 HANDSHAKE = {"type": "handshake", "version": "1.0", "worker_id": 0}

@@ -263,7 +263,7 @@ def test_busy_workers_make_a_request_wait_and_the_log_says_why(
     from conftest import running_server
     from eir_like_client import EirLikeClient
 
-    from simulation_streamer import SampleProducer
+    from sample_producer import SampleProducer
 
     spec, _ = write_source(tmp_path, "sleepy", SLEEPY_SOURCE)
     monkeypatch.setattr(SampleProducer, "WAIT_WARNING", 0.5)

@@ -27,7 +27,7 @@ from eir_like_client import EirLikeClient
 from waiting import wait_until
 
 from data_simulator import SampleStream
-from simulation_streamer import Connection, SendSamples
+from stream_protocol import Connection, SendSamples
 
 FETCHES = 20_000
 READ_TIMEOUT = 10  # EIR waits 30 s; anything near that is a stall

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from data_simulator import SampleStream, SimulatedHealthData
-from simulation_streamer import (
+from stream_protocol import (
     AWAITING_HANDSHAKE,
     CLOSED,
     PHASES,
