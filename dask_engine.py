@@ -20,13 +20,16 @@ from typing import Any
 from sample_producer import frozen
 from sample_sources import MadeChunk, is_file_spec, make_chunk
 
-# Our modules that a worker imports to make samples (make_chunk's home and
-# what the default source and the encoders need).
+# Our modules that a worker imports to make samples: make_chunk's home, the
+# default source and what it imports, the encoders, and --dataset's source.
 SOURCE_HELPERS = (
     "sample_sources",
     "single_sample_simulation",
+    "stream_order",
     "data_simulator",
     "stream_encoders",
+    "dataset_spec",
+    "dataset_source",
 )
 CLUSTER_CONNECT_TIMEOUT = 10  # seconds to reach a Dask scheduler at start
 

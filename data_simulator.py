@@ -14,8 +14,10 @@ Two pieces live here:
   indices, the indices handed back to the front of the stream, the validation
   ids to skip, and the bookkeeping of who is in the middle of a pass. Every
   connection takes its batches from the one stream, so no index is served
-  twice between two rewinds. It does no I/O and holds no samples, only
-  integers, so it could live in a shared store serving several processes.
+  twice within an epoch. A pass is one epoch or several (each in its own
+  seeded order with a shuffle: stream_order.py). It does no I/O and holds
+  no samples, only integers, so it could live in a shared store serving
+  several processes.
 """
 
 import json
@@ -32,6 +34,7 @@ from typing import Any
 
 from sample_sources import SampleSource
 from single_sample_simulation import simulate_sample
+from stream_order import EpochOrder, SkipCounts
 
 logger = logging.getLogger("data_simulator")
 
@@ -275,31 +278,44 @@ SEAT_LIFE_CYCLE: dict[SeatState, dict[SeatEvent, SeatState]] = {
 class SampleStream:
     """One cursor over sample indices, shared by every connection of a server.
 
-    A *pass* is what the stream serves from one rewind (to index 0) until it
-    is exhausted. The rules:
+    An *epoch* visits the indices 0..num_samples-1 once each, in ascending
+    order or, with an `EpochOrder` (stream_order.py), in a shuffled order
+    that is a function of (seed, epoch) alone. A *pass* is what the stream
+    serves from one rewind (to the start of epoch 0) until it is exhausted:
+    `epochs` epochs one after another, or endless epochs with `epochs=None`.
+    An unbounded stream (`num_samples` None) is one endless ascending epoch.
+    The rules:
 
     1. One cursor. Every `take`, from any connection, gets the next indices
-       in one step. Between two rewinds no index is handed out twice, however
+       in one step. Within an epoch no index is handed out twice, however
        many connections there are, except the ones given back by rule 4.
+       Each epoch hands out every index that is not a validation id (rule 2)
+       exactly once across all connections, in the epoch's order, and the
+       next epoch starts where it ends (the last epoch of a bounded pass may
+       hold back its last few indices: rule 7). The order is the same after
+       every rewind and restart, whatever the batch sizes and however many
+       connections read it.
     2. Validation ids are never handed out. After `set_validation_ids`, their
-       indices are skipped by every later `take`, across rewinds, until the
-       next `set_validation_ids` replaces the whole set. The same set again
-       (every GPU rank of a run sends it) changes nothing. A *different* set
-       while connections are mid-pass is accepted too, with a warning: it is
-       a second training run sharing this server and this pass.
+       indices are skipped by every later `take`, in every epoch and across
+       rewinds, until the next `set_validation_ids` replaces the whole set.
+       The same set again (every GPU rank of a run sends it) changes
+       nothing. A *different* set while connections are mid-pass is accepted
+       too, with a warning: it is a second training run sharing this server
+       and this pass.
     3. A connection is *in the pass* from when it takes data or resets
        (rule 4), until it is told its pass is over (`take` returns None) or
        closes. (No other connection can rewind under it: rule 4.) Once told,
        every `take` of it returns None until its own next reset.
-    4. `reset` rewinds to index 0 only when no *other* connection is in the
-       pass; otherwise the requester joins the pass in progress. If a
-       connection's first reset joins, and its one request for data before
-       it was answered with one batch (EIR's validation probe takes one
-       sample and throws it away), that batch goes back to the front of the
-       stream, minus any validation ids. So at most one batch per connection
-       is remembered, and only until its second take or its first reset;
-       memory does not grow with the run. A connection with a remembered
-       batch is in the pass, so no other connection can rewind under it.
+    4. `reset` rewinds (to the start of epoch 0) only when no *other*
+       connection is in the pass; otherwise the requester joins the pass in
+       progress. If a connection's first reset joins, and its one request
+       for data before it was answered with one batch (EIR's validation
+       probe takes one sample and throws it away), that batch goes back to
+       the front of the stream, minus any validation ids. So at most one
+       batch per connection is remembered, and only until its second take
+       or its first reset; memory does not grow with the run. A connection
+       with a remembered batch is in the pass, so no other connection can
+       rewind under it.
     5. Opening or closing a connection never moves the cursor and never
        rewinds, whatever that connection had taken.
     6. The stream never talks to anyone: the caller answers the connection
@@ -329,34 +345,62 @@ class SampleStream:
           batch size near the end may be cut short (EIR never does that).
        d. A connection alone in the pass is served the last samples as a
           short batch: there is nobody to keep in step with.
-       An unbounded stream never ends a pass, so rule 7 never refuses it.
+       Epoch boundaries do not count: a pass with epochs ends level at the
+       end of its last epoch, as a single-epoch pass does at its end. An
+       unbounded stream, or one with endless epochs, never ends a pass, so
+       rule 7 never refuses it.
 
-    `peek` shows what the next takes would hand out, without taking it.
+    `peek` shows what the next takes would hand out, without taking it,
+    across epoch boundaries too.
     Connections are any hashable keys. The state is a handful of integers,
-    a set of integers and one `Seat` per connection (no samples), and every
-    method is synchronous and cheap, so under asyncio each call is atomic;
-    the same small interface could be backed by a shared store serving
-    several server processes.
+    a set of integers and one `Seat` per connection (no samples; with a
+    shuffle also the `EpochOrder`, O(blocks) per epoch plus the windows in
+    use), and every method is synchronous and cheap, so under asyncio each
+    call is atomic; the same small interface could be backed by a shared
+    store serving several server processes.
     """
 
     def __init__(
         self,
         num_samples: int | None,
         indices_of: Callable[[Sequence[str]], Collection[int]] | None = None,
+        *,
+        epochs: int | None = 1,
+        order: EpochOrder | None = None,
     ) -> None:
-        """`num_samples`: indices per pass (None: unbounded). `indices_of`:
-        maps received validation ids to the distinct indices they name, leaving
-        out ids this stream does not produce; by default ids are `sample_<k>`."""
+        """`num_samples`: indices per epoch, 0..num_samples-1 (None:
+        unbounded, one endless epoch). `indices_of`: maps received validation
+        ids to the distinct indices they name, leaving out ids this stream
+        does not produce; by default ids are `sample_<k>`. `epochs`: epochs
+        per pass (None: endless). `order`: the shuffled order of every epoch
+        (None: ascending)."""
         if num_samples is not None and num_samples < 0:
             raise ValueError(f"num_samples must be 0 or more, got {num_samples}")
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"epochs must be 1 or more (None: endless), got {epochs}")
+        if num_samples is None and (epochs not in (1, None) or order is not None):
+            raise ValueError("an unbounded stream has no epochs to count or shuffle")
+        if order is not None and order.num_samples != num_samples:
+            raise ValueError(
+                f"the order covers {order.num_samples} indices, the stream "
+                f"{num_samples}"
+            )
         self.num_samples = num_samples
+        self.epochs = None if num_samples is None else epochs
+        self._order = order
+        self._skip_counts: SkipCounts | None = None  # made when first needed
+        # Rule 7 applies only to a pass that ends; the one cursor over a
+        # single ascending epoch has fast paths of its own.
+        self._bounded = num_samples is not None and epochs is not None
+        self._plain = (order is None and self.epochs == 1) or num_samples is None
+        self._epoch = 0  # the epoch the cursor is in
         if indices_of is None:
 
             def indices_of(ids: Sequence[str]) -> set[int]:
                 return indices_of_sample_ids(ids, num_samples)
 
         self._indices_of = indices_of
-        self._cursor = 0  # next fresh index
+        self._cursor = 0  # next fresh position in the epoch
         self._front: deque[int] = deque()  # given back, served before fresh ones
         self._skip: Collection[int] = frozenset()
         self._skip_sorted: list[int] | None = None  # for remaining_iterations
@@ -372,11 +416,23 @@ class SampleStream:
         self._rewinds = 0
 
     @classmethod
-    def for_source(cls, source: SampleSource) -> "SampleStream":
-        """The stream of `source`: its length, and its mapping of sample ids.
+    def for_source(
+        cls,
+        source: SampleSource,
+        *,
+        epochs: int | None = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> "SampleStream":
+        """The stream of `source`: its length, and its mapping of sample ids,
+        with `epochs` epochs per pass (None: endless), each shuffled by
+        (seed, epoch) with `shuffle`.
 
         A source may offer `indices_of(ids)` (all ids at once, as
         `SimulatedHealthData` does); otherwise its `index_of` is asked id by id.
+        A source may offer `block_sizes` (how many consecutive indices each
+        block it reads at once holds): the shuffle keeps reads within few
+        blocks; otherwise it uses fixed blocks (stream_order.py).
         """
         bulk = getattr(source, "indices_of", None)
         if bulk is None:
@@ -385,7 +441,13 @@ class SampleStream:
             def bulk(ids: Sequence[str]) -> set[int]:
                 return {i for i in map(index_of, ids) if i is not None}
 
-        return cls(source.num_samples, bulk)
+        order = None
+        if shuffle:
+            if source.num_samples is None:
+                raise ValueError("an unbounded source cannot be shuffled")
+            blocks = getattr(source, "block_sizes", None)
+            order = EpochOrder(source.num_samples, seed, blocks)
+        return cls(source.num_samples, bulk, epochs=epochs, order=order)
 
     # -- connections -------------------------------------------------------
     def connect(self, conn: Hashable) -> None:
@@ -427,11 +489,14 @@ class SampleStream:
         if state in _TOLD:
             seat.enter(SeatEvent.TOLD_OVER)
             return None
-        if self.num_samples is not None:
+        if self._bounded:
             count = self._balanced_count(seat, conn, count)
             if not count:
                 seat.enter(SeatEvent.TOLD_OVER)
                 return None
+        elif not self._plain and self.remaining() == 0:
+            seat.enter(SeatEvent.TOLD_OVER)  # endless epochs of nothing to serve
+            return None
         out = self._serve(count)
         if state is FRESH:
             seat.probe_batch = tuple(out)
@@ -449,23 +514,92 @@ class SampleStream:
         # `set_validation_ids` leave them out.
         front = self._front
         out = [front.popleft() for _ in range(min(count, len(front)))] if front else []
-        skip, cursor, end = self._skip, self._cursor, self.num_samples
         wanted = count - len(out)
-        if not skip:
+        if not self._plain:
+            if wanted:
+                fresh, self._epoch, self._cursor = self._read(wanted)
+                out += fresh
+        elif not self._skip:  # the common case, inline: one range, in C
+            cursor, end = self._cursor, self.num_samples
             stop = cursor + wanted if end is None else min(cursor + wanted, end)
             if stop > cursor:
                 out.extend(range(cursor, stop))
-                cursor = stop
-        else:
-            while wanted and (end is None or cursor < end):
-                if cursor not in skip:
-                    out.append(cursor)
-                    wanted -= 1
-                cursor += 1
-        self._cursor = cursor
+                self._cursor = stop
+        elif wanted:
+            fresh, self._cursor = self._ascending(self._cursor, wanted)
+            out += fresh
         self._served_in_pass += len(out)
         self._served_total += len(out)
         return out
+
+    def _ascending(self, cursor: int, wanted: int) -> tuple[list[int], int]:
+        """Up to `wanted` (at least 1) positions from `cursor` on in an
+        ascending epoch that are no validation ids, and the cursor after the
+        last one (the epoch's end if there are fewer)."""
+        skip, end = self._skip, self.num_samples
+        stop = cursor + wanted + len(skip)  # at most len(skip) are skipped
+        if end is not None and stop > end:
+            stop = max(end, cursor)
+        fresh = range(cursor, stop)
+        if not skip:
+            out = list(fresh[:wanted])
+            return out, cursor + len(out)
+        out = list(islice(filterfalse(skip.__contains__, fresh), wanted))
+        return out, out[-1] + 1 if len(out) == wanted else stop
+
+    def _shuffled(self, epoch: int, cursor: int, wanted: int) -> tuple[list[int], int]:
+        """Up to `wanted` (at least 1) indices from position `cursor` on in
+        shuffled `epoch` that are no validation ids, and the position after
+        the last one (the epoch's end if there are fewer)."""
+        order, skip, end = self._order, self._skip, self.num_samples
+        assert order is not None and end is not None
+        out: list[int] = []
+        while len(out) < wanted and cursor < end:
+            need = wanted - len(out)
+            # Enough positions for `need` at the validation ids' share, and
+            # a few more: another round reads on if the guess falls short.
+            margin = need * len(skip) // end + 16 if skip else 0
+            stop = min(end, cursor + need + margin)
+            chunk = order.indices(epoch, cursor, stop)
+            if skip:
+                kept = list(filterfalse(skip.__contains__, chunk))
+                if len(kept) >= need:
+                    del kept[need:]
+                    stop = cursor + chunk.index(kept[-1]) + 1
+                chunk = kept
+            out += chunk
+            cursor = stop
+        return out, cursor
+
+    def _read(self, wanted: int) -> tuple[list[int], int, int]:
+        """The next `wanted` (at least 1) fresh indices of the pass, epoch
+        after epoch, without taking them: the indices, and the epoch and
+        position after the last one. Fewer at the end of the pass; a later
+        epoch is entered only for an index in it."""
+        epoch, cursor, end = self._epoch, self._cursor, self.num_samples
+        assert end is not None
+        out: list[int] = []
+        while True:
+            if cursor < end:
+                need = wanted - len(out)
+                if self._order is None:
+                    fresh, cursor = self._ascending(cursor, need)
+                else:
+                    fresh, cursor = self._shuffled(epoch, cursor, need)
+                if out:
+                    out += fresh
+                else:
+                    out = fresh  # the usual case: one epoch, no copy
+            if len(out) == wanted or not self._epoch_after(epoch):
+                return out, epoch, cursor
+            epoch, cursor = epoch + 1, 0
+
+    def _epoch_after(self, epoch: int) -> bool:
+        """Whether the pass goes on after `epoch` with something to serve
+        (the validation ids lie within the epoch: rule 2)."""
+        if self.epochs is not None and epoch + 1 >= self.epochs:
+            return False
+        return self.num_samples is not None and self.num_samples > len(self._skip)
 
     def _others(self, seat: Seat) -> tuple[int, int, int, int]:
         """Rule 7's view of the seats with a level, but `seat`: how many, the
@@ -569,7 +703,10 @@ class SampleStream:
         out = list(islice(self._front, count))
         skip, cursor, end = self._skip, self._cursor, self.num_samples
         wanted = count - len(out)
-        if wanted > 0:  # in C: the server peeks thousands ahead (read-ahead)
+        if wanted > 0 and not self._plain:
+            fresh = self._read(wanted)[0]
+            return out + fresh if out else fresh
+        elif wanted > 0:  # in C: the server peeks thousands ahead (read-ahead)
             stop = cursor + wanted + len(skip)  # at most len(skip) are skipped
             fresh = range(cursor, stop if end is None else max(min(stop, end), cursor))
             if skip:
@@ -582,7 +719,7 @@ class SampleStream:
         """Rewind for `conn`, or let it join the pass others are in (rules 4, 7b)."""
         seat = self._seat(conn)
         if not self._in_pass_besides(seat):
-            self._cursor = 0
+            self._epoch = self._cursor = 0
             self._front.clear()
             self._final_level = None
             self._largest_batch = 0
@@ -603,7 +740,7 @@ class SampleStream:
         """Rule 7b for a connection joining by reset: it counts from where it
         is (0 for a newcomer) if what is left can bring it up to the others;
         otherwise it sits this pass out."""
-        if self.num_samples is None:
+        if not self._bounded:
             seat.enter(SeatEvent.JOIN)
             return
         final = self._final_level
@@ -647,6 +784,7 @@ class SampleStream:
             )
         self._skip = skip
         self._skip_sorted = None
+        self._skip_counts = None
         if skip and self._front:
             self._front = deque(i for i in self._front if i not in skip)
         self._validation_ids_received = len(ids)
@@ -664,10 +802,14 @@ class SampleStream:
         return self._skip_sorted
 
     def remaining(self) -> int | None:
-        """How many indices this pass will still hand out (None: unbounded)."""
+        """How many indices this pass will still hand out: the front, the
+        rest of this epoch and the epochs after it (None: unbounded or
+        endless epochs, unless there is nothing to serve at all)."""
         end = self.num_samples
         if end is None:
             return None
+        if not self._plain:
+            return self._remaining_in_epochs(end)
         fresh = max(end - self._cursor, 0)
         if self._skip:
             fresh -= len(self._sorted_skip()) - bisect_left(
@@ -675,10 +817,33 @@ class SampleStream:
             )
         return len(self._front) + fresh
 
+    def _remaining_in_epochs(self, end: int) -> int | None:
+        """`remaining` for a pass of several (or endless) epochs, or a shuffled
+        one: every later epoch hands out all but the validation ids."""
+        per_epoch = end - len(self._skip)  # the ids lie within 0..end-1
+        if self.epochs is None:
+            return None if per_epoch > 0 else 0
+        fresh = max(end - self._cursor, 0)
+        if self._skip and fresh:
+            if self._order is None:
+                ordered = self._sorted_skip()
+                fresh -= len(ordered) - bisect_left(ordered, self._cursor)
+            else:
+                if self._skip_counts is None:
+                    self._skip_counts = self._order.skip_counts(self._skip)
+                fresh -= self._skip_counts.count_from(self._epoch, self._cursor)
+        later = (self.epochs - self._epoch - 1) * per_epoch
+        return len(self._front) + fresh + later
+
     def status(self) -> dict[str, Any]:
         """The stream's state, with the tutorial's keys (current_position,
-        max_iterations, remaining_iterations) among them."""
-        return {
+        max_iterations, remaining_iterations) among them.
+
+        `current_position` is the cursor within its epoch, `max_iterations`
+        the indices per epoch, `epoch` the cursor's epoch (from 0), `epochs`
+        the epochs in a pass (None: endless).
+        """
+        status = {
             "phase": "training" if self._validation_ids_set else "setup",
             "current_position": self._cursor,
             "max_iterations": self.num_samples,
@@ -691,4 +856,8 @@ class SampleStream:
             "validation_ids": len(self._skip),
             "validation_ids_received": self._validation_ids_received,
             "returned_to_front": len(self._front),
+            "epoch": self._epoch,
+            "epochs": self.epochs,
+            "shuffled": self._order is not None,
         }
+        return status

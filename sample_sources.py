@@ -104,6 +104,31 @@ def load_source(spec: str, settings: dict[str, Any]) -> SampleSource:
     return source
 
 
+DATASET_SOURCE = "dataset_source:make_source"  # what --dataset serves
+
+
+def load_dataset_source(settings: dict[str, Any]) -> SampleSource:
+    """The source of `--dataset` (settings["dataset"] names the spec): its
+    errors already name the spec in one line, so they pass through as they
+    are; then the same check of its `getInfo` payload as any source's."""
+    try:
+        from dataset_source import make_source
+    except ImportError as exc:
+        raise ValueError(
+            f"--dataset needs the {exc.name or 'dataset'} package: "
+            "pip install -r requirements-datasets.txt"
+        ) from None
+    source = make_source(**settings)
+    _check_made_source(source, DATASET_SOURCE)
+    from stream_encoders import check_dataset_info
+
+    try:
+        check_dataset_info(source.dataset_info())
+    except ValueError as exc:
+        raise ValueError(f"--dataset {settings['dataset']}: {exc}") from None
+    return source
+
+
 def _check_made_source(source: Any, spec: str) -> None:
     """ValueError unless what the factory made fits SampleSource and
     describes its data."""

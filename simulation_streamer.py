@@ -44,7 +44,7 @@ from sample_producer import (
     SampleProducer,
     ThreadEngine,
 )
-from sample_sources import load_checked_source
+from sample_sources import DATASET_SOURCE, load_checked_source, load_dataset_source
 from stream_protocol import (
     AWAITING_HANDSHAKE,
     CLOSED,
@@ -107,6 +107,9 @@ class Settings:
     port: int
     path: str
     source: str
+    dataset: str | None  # a spec file: the source is dataset_source's
+    shuffle: bool
+    epochs: int | None  # epochs in a pass; None: endless
     max_iterations: int | None
     sequence_length: int
     seed: int
@@ -124,12 +127,19 @@ class Settings:
     log_level: str
 
     def source_settings(self) -> dict[str, Any]:
-        """The keyword arguments a source factory gets."""
-        return {
+        """The keyword arguments a source factory gets (and `dataset`, the
+        spec's absolute path or URL, for dataset_source's)."""
+        settings: dict[str, Any] = {
             "seed": self.seed,
             "sequence_length": self.sequence_length,
             "max_iterations": self.max_iterations,
         }
+        if self.dataset is not None:
+            local = "://" not in self.dataset
+            settings["dataset"] = (
+                os.path.abspath(self.dataset) if local else self.dataset
+            )
+        return settings
 
 
 class StreamServer:
@@ -139,9 +149,18 @@ class StreamServer:
         """ValueError (one line) when the source or the cluster is unusable."""
         self.settings = settings
         spec, source_settings = settings.source, settings.source_settings()
-        self.source = load_checked_source(spec, source_settings)
+        self.source = (
+            load_dataset_source(source_settings)
+            if settings.dataset is not None
+            else load_checked_source(spec, source_settings)
+        )
         self.dataset_info = self.source.dataset_info()
-        self.stream = SampleStream.for_source(self.source)
+        self.stream = SampleStream.for_source(
+            self.source,
+            epochs=settings.epochs,
+            shuffle=settings.shuffle,
+            seed=settings.seed,
+        )
         self.producer = SampleProducer(self._engine(spec, source_settings))
         self.connections: dict[ServerConnection, Connection] = {}
         self.connections_total = 0
@@ -512,8 +531,29 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="sample k is a function of (seed, k)")
     add(
         "--source",
-        default="data_simulator:SimulatedHealthData",
-        help="module:factory or path/to/file.py:factory that builds the samples",
+        default=None,
+        help="module:factory or path/to/file.py:factory that builds the samples "
+        "(default: data_simulator:SimulatedHealthData, the tutorial's data)",
+    )
+    add(
+        "--dataset",
+        default=None,
+        metavar="SPEC",
+        help="serve the dataset this YAML file describes (Parquet, JSON Lines, "
+        "CSV, Arrow, save_to_disk; local or fsspec URLs) instead of a --source; "
+        "needs requirements-datasets.txt",
+    )
+    add(
+        "--shuffle",
+        action="store_true",
+        help="serve each epoch in its own order, a function of (--seed, epoch)",
+    )
+    add(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="epochs in a pass, then 'terminate' (default: endless with "
+        "--dataset, 1 otherwise); an epoch is every sample of the source once",
     )
     add(
         "--workers",
@@ -603,6 +643,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
             f"--workers {args.workers} and --cluster {args.cluster!r}: samples are "
             "made either by local processes or by the cluster; give one"
         )
+    if args.dataset is not None and args.source is not None:
+        parser.error(
+            f"--dataset {args.dataset!r} and --source {args.source!r}: serve a "
+            "dataset or a source; give one"
+        )
+    if args.dataset is not None:
+        args.source = DATASET_SOURCE
+    elif args.source is None:
+        args.source = "data_simulator:SimulatedHealthData"
+    if args.epochs is None and args.dataset is None:
+        args.epochs = 1  # a source's pass is one epoch unless asked for more
     args.workers_auto = args.workers is None and args.cluster is None
     if args.workers is None:
         args.workers = os.cpu_count() or 1

@@ -28,6 +28,7 @@ TUTORIAL_FILES = [
     "sample_producer.py",
     "sample_sources.py",
     "data_simulator.py",
+    "stream_order.py",
     "single_sample_simulation.py",
     "configs",
 ]

@@ -74,8 +74,10 @@ def test_environment_values_become_defaults_and_flags_override_them(
 
 def test_settings_are_the_parsed_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every option lands in Settings under its own name, with the parser's
-    default; only --workers is resolved (None: one process per core, which
-    may hand over to a thread: `workers_auto`)."""
+    default; only --workers (None: one process per core, which may hand over
+    to a thread: `workers_auto`), --source (None: the simulator, or the
+    dataset's source with --dataset) and --epochs (None: 1, or endless with
+    --dataset) are resolved."""
     for variable in ENVIRONMENT.values():
         monkeypatch.delenv(variable, raising=False)
     defaults = vars(build_parser().parse_args([]))
@@ -84,7 +86,25 @@ def test_settings_are_the_parsed_arguments(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.keys() == defaults.keys()
     assert defaults.pop("workers") is None
     assert settings.pop("workers") == (os.cpu_count() or 1)
+    assert (defaults.pop("source"), defaults.pop("epochs")) == (None, None)
+    assert settings.pop("source") == "data_simulator:SimulatedHealthData"
+    assert settings.pop("epochs") == 1
     assert settings == defaults
+
+
+def test_a_dataset_streams_endless_epochs_unless_told_and_excludes_a_source(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for variable in ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    served = parse_args(["--dataset", "corpus.yaml"])
+    assert (served.source, served.epochs) == ("dataset_source:make_source", None)
+    assert parse_args(["--dataset", "corpus.yaml", "--epochs", "2"]).epochs == 2
+    assert parse_args(["--epochs", "3", "--shuffle"]).epochs == 3
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--dataset", "corpus.yaml", "--source", "mine:make"])
+    assert exit_.value.code == 2
+    assert "--dataset 'corpus.yaml' and --source 'mine:make'" in capsys.readouterr().err
 
 
 def test_only_the_default_workers_may_hand_over_to_a_thread(

@@ -1,0 +1,284 @@
+"""The order in which one epoch of a finite stream visits its indices.
+
+`EpochOrder` shuffles the indices 0..n-1 anew for every epoch, and the order
+of an epoch is a pure function of (seed, epoch): the same after a rewind or a
+restart, in any process, whatever the batch sizes or the number of
+connections that read it. Its RNGs are seeded from strings such as
+"7:3:blocks", which `random.Random` hashes with SHA-512: stable across runs,
+platforms and PYTHONHASHSEED.
+
+The shuffle keeps reads local, because a dataset is read block by block (a
+Parquet row group, say). The indices come in *blocks* of consecutive indices
+(`block_sizes`). Each epoch:
+
+1. shuffles the order of the blocks (RNG "<seed>:<epoch>:blocks");
+2. cuts that order into *windows* of consecutive blocks: a window closes at
+   `WINDOW_BLOCKS` blocks, or as soon as it holds `WINDOW_INDICES` indices,
+   whichever comes first (the last window of an epoch may hold less);
+3. shuffles the indices within each window (RNG "<seed>:<epoch>:window:<w>").
+
+So positions [start, stop) of an epoch draw on the blocks of the windows they
+overlap, at most `WINDOW_BLOCKS` blocks per window. A run of L consecutive
+positions overlaps at most ceil((L - 1) / m) + 1 windows, m the length of the
+shortest window but the last. With the default blocks (`BLOCK_SIZE` indices
+each, the last one shorter) every window but the last holds 4 blocks, more
+than 3 x 1,024 indices, so any run of up to 3,000 positions overlaps at most
+2 windows: it touches at most 2 x `WINDOW_BLOCKS` = 8 blocks.
+
+Memory is O(number of blocks) per epoch (its block order and window bounds,
+for the last few epochs asked about) plus the windows in use: their shuffled
+indices are made when first read and cached up to `CACHED_INDICES` indices,
+never O(n) for a whole epoch. Standard library only.
+"""
+
+import random
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from itertools import accumulate, chain, compress, pairwise
+
+BLOCK_SIZE = 1024  # indices per block when the source names no blocks
+WINDOW_BLOCKS = 4  # a window closes at this many blocks ...
+WINDOW_INDICES = 4096  # ... or as soon as it holds this many indices
+CACHED_INDICES = 1 << 16  # window indices kept (the two newest windows always)
+CACHED_EPOCHS = 3  # epoch layouts kept: a peek can reach past the current one
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """One epoch's blocks in their shuffled order, cut into windows."""
+
+    blocks: list[int]  # the non-empty blocks, in this epoch's order
+    starts: list[int]  # the position of each window's first index, then n
+    firsts: list[int]  # the offset in `blocks` of each window's first, then all
+
+
+def fixed_blocks(num_samples: int, size: int = BLOCK_SIZE) -> list[int]:
+    """Blocks of `size` consecutive indices covering 0..num_samples-1 (the
+    last one shorter): the blocks of a source that names none."""
+    full, rest = divmod(num_samples, size)
+    return [size] * full + ([rest] if rest else [])
+
+
+class EpochOrder:
+    """The shuffled order of every epoch of indices 0..num_samples-1.
+
+    `block_sizes`: how many consecutive indices each block holds, in index
+    order, summing to `num_samples` (empty blocks are allowed and hold
+    nothing); by default blocks of `BLOCK_SIZE`. Position p of epoch e holds
+    `index_at(e, p)`; every epoch is a permutation of 0..num_samples-1.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        block_sizes: Sequence[int] | None = None,
+    ) -> None:
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be 0 or more, got {num_samples}")
+        sizes = fixed_blocks(num_samples) if block_sizes is None else block_sizes
+        sizes = tuple(int(size) for size in sizes)
+        if any(size < 0 for size in sizes) or sum(sizes) != num_samples:
+            raise ValueError(
+                f"block_sizes must be counts of 0 or more that sum to "
+                f"num_samples ({num_samples}); got {len(sizes)} block(s) summing "
+                f"to {sum(sizes)}"
+            )
+        self.num_samples = num_samples
+        self.seed = seed
+        self.block_sizes = sizes
+        self._block_starts = [0, *accumulate(sizes)]  # then num_samples
+        self._layouts: OrderedDict[int, _Layout] = OrderedDict()
+        self._windows: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
+        self._held = 0  # indices in the cached windows
+
+    def __repr__(self) -> str:
+        return (
+            f"EpochOrder(num_samples={self.num_samples}, seed={self.seed!r}, "
+            f"blocks={len(self.block_sizes)})"
+        )
+
+    # -- what an epoch holds where -------------------------------------------
+    def index_at(self, epoch: int, position: int) -> int:
+        """The index at `position` (0..num_samples-1) of `epoch`."""
+        if not 0 <= position < self.num_samples:
+            raise IndexError(f"position {position} is not in 0..{self.num_samples - 1}")
+        layout = self._layout(epoch)
+        w = bisect_right(layout.starts, position) - 1
+        return self._window(epoch, w, layout)[position - layout.starts[w]]
+
+    def indices(self, epoch: int, start: int, stop: int) -> list[int]:
+        """The indices at positions start..stop-1 of `epoch`, in order: what
+        `index_at` gives for each, in bulk (slices of cached windows)."""
+        if not 0 <= start <= stop <= self.num_samples:
+            raise ValueError(
+                f"positions {start}..{stop} are not within 0..{self.num_samples}"
+            )
+        out: list[int] = []
+        if start == stop:
+            return out
+        layout = self._layout(epoch)
+        starts = layout.starts
+        w = bisect_right(starts, start) - 1
+        while start < stop:
+            first, end = starts[w], min(stop, starts[w + 1])
+            out += self._window(epoch, w, layout)[start - first : end - first]
+            start, w = end, w + 1
+        return out
+
+    def block_of(self, index: int) -> int:
+        """The block that holds `index`."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} is not in 0..{self.num_samples - 1}")
+        return bisect_right(self._block_starts, index) - 1
+
+    def block_order(self, epoch: int) -> list[int]:
+        """The non-empty blocks in the order `epoch` visits them."""
+        return list(self._layout(epoch).blocks)
+
+    def window_starts(self, epoch: int) -> list[int]:
+        """The position of each window's first index in `epoch`, then
+        num_samples: window w holds positions starts[w]..starts[w+1]-1."""
+        return list(self._layout(epoch).starts)
+
+    def held_indices(self) -> int:
+        """How many indices the cached windows hold: bounded by
+        `CACHED_INDICES` and the two largest windows, whatever num_samples."""
+        return self._held
+
+    def skip_counts(self, skip: Collection[int]) -> "SkipCounts":
+        """Counts of the indices of `skip` (validation ids) at or after a
+        position of any epoch; `skip` must not change while they are used."""
+        return SkipCounts(self, skip)
+
+    # -- making and caching the layout and the windows ------------------------
+    def _layout(self, epoch: int) -> _Layout:
+        """Epoch `epoch`'s block order and windows, made once and cached."""
+        layout = self._layouts.get(epoch)
+        if layout is not None:
+            self._layouts.move_to_end(epoch)
+            return layout
+        if epoch < 0:
+            raise ValueError(f"epoch must be 0 or more, got {epoch}")
+        sizes = self.block_sizes
+        blocks = [b for b, size in enumerate(sizes) if size]
+        random.Random(f"{self.seed}:{epoch}:blocks").shuffle(blocks)
+        starts, firsts = [0], [0]
+        position = held = count = 0
+        for k, block in enumerate(blocks):
+            position += sizes[block]
+            held += sizes[block]
+            count += 1
+            if count == WINDOW_BLOCKS or held >= WINDOW_INDICES or k == len(blocks) - 1:
+                starts.append(position)
+                firsts.append(k + 1)
+                held = count = 0
+        layout = self._layouts[epoch] = _Layout(blocks, starts, firsts)
+        if len(self._layouts) > CACHED_EPOCHS:
+            self._layouts.popitem(last=False)
+        return layout
+
+    def _window(self, epoch: int, w: int, layout: _Layout) -> list[int]:
+        """The indices of window `w` of `epoch` in their shuffled order, made
+        when first asked for and kept while the cache has room."""
+        key = (epoch, w)
+        window = self._windows.get(key)
+        if window is not None:
+            self._windows.move_to_end(key)
+            return window
+        bounds = self._block_starts
+        blocks = layout.blocks[layout.firsts[w] : layout.firsts[w + 1]]
+        window = list(
+            chain.from_iterable(range(bounds[b], bounds[b + 1]) for b in blocks)
+        )
+        random.Random(f"{self.seed}:{epoch}:window:{w}").shuffle(window)
+        self._windows[key] = window
+        self._held += len(window)
+        while self._held > CACHED_INDICES and len(self._windows) > 2:
+            _, dropped = self._windows.popitem(last=False)
+            self._held -= len(dropped)
+        return window
+
+
+class SkipCounts:
+    """How many indices of a fixed set (the validation ids) sit at or after a
+    position of an epoch of an `EpochOrder`, without a pass over the epoch.
+
+    The set is counted per block once (a bisect per block boundary in the
+    sorted set); an epoch's counts per window follow from its block order, in
+    O(number of blocks); within a window, the positions of the set's indices
+    come from the window's cached order and are kept for the last few windows
+    asked about.
+    """
+
+    def __init__(self, order: EpochOrder, skip: Collection[int]) -> None:
+        self._order = order
+        self._skip = skip
+        ordered = sorted(i for i in skip if 0 <= i < order.num_samples)
+        cuts = [bisect_left(ordered, start) for start in order._block_starts]
+        self._per_block = [b - a for a, b in pairwise(cuts)]
+        self.total = len(ordered)  # the set's indices within 0..num_samples-1
+        self._suffixes: OrderedDict[int, list[int]] = OrderedDict()
+        self._offsets: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
+
+    def count_from(self, epoch: int, position: int) -> int:
+        """How many of the set's indices sit at positions position..n-1 of
+        `epoch`."""
+        if position <= 0:
+            return self.total
+        if position >= self._order.num_samples or not self.total:
+            return 0
+        layout = self._order._layout(epoch)
+        w = bisect_right(layout.starts, position) - 1
+        suffix = self._suffix(epoch, layout)
+        later = suffix[w + 1]  # in the windows after w
+        if suffix[w] == later:  # none in window w
+            return later
+        offsets = self._window_offsets(epoch, w, layout)
+        return later + len(offsets) - bisect_left(offsets, position - layout.starts[w])
+
+    def _suffix(self, epoch: int, layout: _Layout) -> list[int]:
+        """For each window w of `epoch`, the set's indices in windows w.. on
+        (one more entry, 0, past the last window)."""
+        suffix = self._suffixes.get(epoch)
+        if suffix is not None:
+            self._suffixes.move_to_end(epoch)
+            return suffix
+        per_block, blocks, firsts = self._per_block, layout.blocks, layout.firsts
+        per_window = [
+            sum(per_block[b] for b in blocks[firsts[w] : firsts[w + 1]])
+            for w in range(len(firsts) - 1)
+        ]
+        suffix = [*reversed([0, *accumulate(reversed(per_window))])]
+        self._suffixes[epoch] = suffix
+        if len(self._suffixes) > CACHED_EPOCHS:
+            self._suffixes.popitem(last=False)
+        return suffix
+
+    def _window_offsets(self, epoch: int, w: int, layout: _Layout) -> list[int]:
+        """The offsets within window `w` of `epoch` that hold the set's
+        indices, in order."""
+        key = (epoch, w)
+        offsets = self._offsets.get(key)
+        if offsets is not None:
+            self._offsets.move_to_end(key)
+            return offsets
+        window = self._order._window(epoch, w, layout)
+        hits = map(self._skip.__contains__, window)
+        offsets = self._offsets[key] = list(compress(range(len(window)), hits))
+        if len(self._offsets) > 2 * CACHED_EPOCHS:
+            self._offsets.popitem(last=False)
+        return offsets
+
+
+__all__ = [
+    "BLOCK_SIZE",
+    "CACHED_INDICES",
+    "WINDOW_BLOCKS",
+    "WINDOW_INDICES",
+    "EpochOrder",
+    "SkipCounts",
+    "fixed_blocks",
+]
