@@ -556,6 +556,9 @@ class SampleProducer:
     MIN_CHUNK, MAX_CHUNK = 8, 16384
     MAX_CHUNK_BYTES = 16 * 2**20  # large samples get smaller chunks
     MAX_READ_AHEAD = 2 * MAX_CHUNK
+    # The read-ahead holds at most this many bytes of samples, or one batch
+    # if a batch is larger: large samples (images) must not fill the memory.
+    MAX_AHEAD_BYTES = 64 * 2**20
     MAX_ATTEMPTS = 3
     MAX_RESTARTS = 5
     WAIT_WARNING = 10.0  # seconds a request waits before the log says why
@@ -568,6 +571,8 @@ class SampleProducer:
         self.held = HeldChunks()
         self.failures = FailureLog()
         self._sample_seconds = 0.0  # a moving average, once measured
+        self._sample_bytes = 0.0  # the largest average of a chunk so far
+        self._largest_request = 0
         self._queue: deque[Chunk] = deque()  # chunks not yet at the engine
         self._in_flight = 0
         self._missed = True  # the last request found samples not held
@@ -594,8 +599,11 @@ class SampleProducer:
         samples it holds (samples whose source raised are left out)."""
         if self._closed:
             raise RuntimeError("server shutting down")
+        if len(indices) > self._largest_request:
+            self._largest_request = len(indices)
         if len(indices) * 2 > self.read_ahead:
-            self.read_ahead = min(self.MAX_READ_AHEAD, len(indices) * 2)
+            wanted = min(self.MAX_READ_AHEAD, len(indices) * 2)
+            self.read_ahead = min(wanted, self._ahead_limit())
         spans = spans_of(indices, self.held.where.get)
         if spans is None:  # some of them are not made yet
             spans = await self._make_missing(indices)
@@ -697,7 +705,10 @@ class SampleProducer:
         # (had it been otherwise, a request misses and the next call looks
         # at everything).
         known = 0 if missed else min(held.unserved, len(upcoming))
-        new = list(filterfalse(held.where.__contains__, islice(upcoming, known, None)))
+        fresh = filterfalse(held.where.__contains__, islice(upcoming, known, None))
+        # An index comes again in the next epoch: read ahead up to its first
+        # coming only, since a chunk holds each index once (dict keeps order).
+        new = list(dict.fromkeys(fresh))
         size = self.chunk_size
         for start in range(0, len(new), size):
             chunk = Chunk(new[start : start + size])
@@ -817,8 +828,34 @@ class SampleProducer:
         size = int(self.engine.task_seconds / max(average, 1e-9))
         size = min(size, int(self.MAX_CHUNK_BYTES / max(sample_bytes, 1.0)))
         self.chunk_size = max(self.MIN_CHUNK, min(self.MAX_CHUNK, size))
+        self._sample_bytes = max(self._sample_bytes, sample_bytes)
         wanted = 2 * self.chunk_size * max(1, self.engine.live_workers())
+        before = self.read_ahead
         self.read_ahead = max(self.read_ahead, min(self.MAX_READ_AHEAD, wanted))
+        self.read_ahead = min(self.read_ahead, self._ahead_limit())
+        if self.read_ahead < before:
+            self._trim_queue()
+
+    def _ahead_limit(self) -> int:
+        """The most samples the read-ahead may hold: MAX_AHEAD_BYTES of them
+        (once their size is known), or the largest request if that is more."""
+        if not self._sample_bytes:
+            return self.MAX_READ_AHEAD
+        by_bytes = int(self.MAX_AHEAD_BYTES / self._sample_bytes)
+        return max(
+            self.MIN_CHUNK, self._largest_request, min(by_bytes, self.MAX_READ_AHEAD)
+        )
+
+    def _trim_queue(self) -> None:
+        """Let go of queued read-ahead past the read-ahead's (new) size."""
+        room, keep = self.read_ahead, deque()
+        for chunk in self._queue:
+            if chunk.asked or room > 0:
+                keep.append(chunk)
+                room -= 0 if chunk.asked else len(chunk.indices)
+            else:
+                self._fail(chunk, "read ahead past the read-ahead's size")
+        self._queue = keep
 
     def _fail(self, chunk: Chunk, message: str) -> None:
         self.held.let_go(chunk)

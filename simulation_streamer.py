@@ -155,6 +155,13 @@ class StreamServer:
             else load_checked_source(spec, source_settings)
         )
         self.dataset_info = self.source.dataset_info()
+        if self.source.num_samples is None and (
+            settings.shuffle or settings.epochs != 1
+        ):
+            raise ValueError(
+                f"--shuffle and --epochs need a source with an end, and {spec} "
+                "has none: give --max-iterations N (samples per epoch)"
+            )
         self.stream = SampleStream.for_source(
             self.source,
             epochs=settings.epochs,
@@ -741,7 +748,6 @@ def announce(server: StreamServer) -> None:
             "can read the data",
             settings.host,
         )
-    bound = settings.max_iterations
     if settings.cluster:
         makers = f"the Dask cluster at {settings.cluster}"
     elif settings.workers:
@@ -750,13 +756,29 @@ def announce(server: StreamServer) -> None:
         makers = "a thread of the server process"
     logger.info(
         "listening; put this in input_source/output_source: %s "
-        "(%s, sequence length %d, seed %d; samples made by %s)",
+        "(%s; seed %d; samples made by %s)",
         server.url,
-        "unbounded stream" if bound is None else f"{bound} samples per pass",
-        settings.sequence_length,
+        describe_stream(server),
         settings.seed,
         makers,
     )
+
+
+def describe_stream(server: StreamServer) -> str:
+    """What a pass of the stream is, for the "listening" line."""
+    settings, per_epoch = server.settings, server.stream.num_samples
+    if per_epoch is None:
+        text = "unbounded stream"
+    elif settings.epochs == 1:
+        text = f"{per_epoch} samples per pass"
+    else:
+        epochs = "endless" if settings.epochs is None else f"{settings.epochs}"
+        text = f"{per_epoch:,} samples per epoch, {epochs} epochs per pass"
+    if settings.shuffle:
+        text += ", shuffled"
+    if settings.dataset is None:
+        text += f", sequence length {settings.sequence_length}"
+    return text
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

@@ -432,3 +432,48 @@ async def test_read_ahead_left_behind_by_a_rewind_leaves_the_queue() -> None:
     _, served = await asyncio.wait_for(request, 5)
     assert served == 8
     producer.close()
+
+
+async def test_epochs_smaller_than_a_batch_serve_every_index_again_each_epoch() -> None:
+    # The read-ahead sees the same index again in the next epoch; a batch
+    # larger than an epoch holds an index more than once.
+    source = SimulatedHealthData(seed=0, max_iterations=10)
+    stream = SampleStream.for_source(source, epochs=None, shuffle=True, seed=1)
+    producer = SampleProducer(ThreadEngine(source), read_ahead=64)
+    try:
+        for size in (3, 16, 7, 25, 10):
+            producer.prefetch(stream.peek)
+            indices = stream.take("c", size)
+            message, served = await asyncio.wait_for(producer.message(indices), 10)
+            ids = [s["sample_id"] for s in json.loads(message)["payload"]]
+            assert served == size and ids == [f"sample_{i}" for i in indices]
+    finally:
+        producer.close()
+
+
+async def test_the_read_ahead_of_large_samples_is_bounded_in_bytes() -> None:
+    # Images of any size: the read-ahead holds MAX_AHEAD_BYTES of samples
+    # (or one batch), not a fixed number of them. Small bounds keep it quick.
+    class SmallBounds(SampleProducer):
+        MAX_AHEAD_BYTES, MAX_CHUNK_BYTES = 4 * 2**20, 2**20
+
+    size = 64 * 1024
+
+    class Large(SimulatedHealthData):
+        def samples_json(self, indices: list[int]) -> list[str]:
+            return [json.dumps({"i": i, "x": "x" * size}) for i in indices]
+
+    source = Large(seed=0)
+    stream = SampleStream.for_source(source)
+    producer = SmallBounds(ThreadEngine(source))
+    bound = 2 * SmallBounds.MAX_AHEAD_BYTES + SmallBounds.MAX_CHUNK_BYTES
+    try:
+        for _ in range(40):
+            producer.prefetch(stream.peek)
+            await producer.message(stream.take("c", 16))
+            await asyncio.sleep(0.005)  # let the thread make the read-ahead
+            assert producer.status()["samples_held"] * size <= bound
+        status = producer.status()
+    finally:
+        producer.close()
+    assert status["read_ahead"] * size <= SmallBounds.MAX_AHEAD_BYTES, status
