@@ -97,7 +97,10 @@ def test_a_word_chunked_corpus_trains_two_ranks_with_workers(tmp_path: Path) -> 
         "global": {
             "basic_experiment": {"batch_size": 16, "valid_size": 40},
             "data_preparation": {"streaming_setup_samples": 240},
-            "evaluation_checkpoint": {"sample_interval": 1000},
+            "evaluation_checkpoint": {
+                "sample_interval": 1000,
+                "checkpoint_interval": 1000,
+            },
             "accelerator": {"hardware": "cpu", "strategy": "ddp", "devices": 2},
             **QUIET,
         }
