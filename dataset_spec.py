@@ -389,14 +389,28 @@ def _mode(raw: dict[str, Any], where: str) -> str | None:
     return mode
 
 
+def _same_image(given: Entry, target: Entry) -> bool:
+    """Whether an input and an output of one name are the same image, as a
+    diffusion model wants them (EIR pairs the two by name)."""
+    return (given.type, given.column, given.size, given.mode) == (
+        "image",
+        target.column,
+        target.size,
+        target.mode,
+    ) and target.type == "image"
+
+
 def _check_entries(entries: list[Entry]) -> None:
     """Rules that span entries: names, word chunks and categorical columns."""
-    inputs = {e.name for e in entries if e.side == "inputs"}
+    inputs = {e.name: e for e in entries if e.side == "inputs"}
     for entry in entries:
-        if entry.side == "outputs" and entry.name in inputs:
+        twin = inputs.get(entry.name) if entry.side == "outputs" else None
+        if twin is not None and not _same_image(twin, entry):
             raise DatasetProblem(
-                f"{entry.name!r} is both an input and an output; EIR needs distinct "
-                "names (a sequence output is fed back as an input by itself)"
+                f"{entry.name!r} is both an input and an output; only an image "
+                "may be both (a diffusion model's input and target), reading the "
+                "same column with the same size and mode; a sequence output is "
+                "fed back as an input by itself"
             )
         extra = entry.categorical - set(entry.columns)
         if extra:

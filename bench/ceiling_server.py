@@ -9,12 +9,18 @@ end of stream and no checks. Whatever rate a client reaches here is the
 most any server written on `websockets` in one Python process can deliver
 to it on this machine; bench/executors.py compares ours with it.
 
+With `--dataset SPEC` the canned samples are instead the first samples of
+that dataset (as `simulation_streamer.py --dataset SPEC` makes them, ids
+and all), so the replies are as large as our server's on that dataset;
+bench/datasets.py compares ours with it.
+
 Like our server it answers a `heartbeat` followed at once by `getData` with
 the data reply alone (EIR reads one reply per heartbeat + getData pair);
 answered one-for-one, EIR's unread replies would pile up and the server
 would do twice the work.
 
     python bench/ceiling_server.py --port 8001
+    python bench/ceiling_server.py --port 8001 --dataset corpus.yaml
 """
 
 from __future__ import annotations
@@ -37,9 +43,17 @@ from bench.pool_source import make_source
 PAIRING = 0.02  # seconds a heartbeat waits for a getData to pair with
 
 
-def prebuilt(seed: int, sequence_length: int) -> tuple[dict[int, bytes], bytes]:
-    """(batch size -> its data message, the info message), built lazily."""
-    source = make_source(seed=seed, sequence_length=sequence_length)
+def prebuilt(
+    seed: int, sequence_length: int, dataset: str | None = None
+) -> tuple[dict[int, bytes], bytes]:
+    """(batch size -> its data message, the info message), built lazily:
+    the first samples of bench/pool_source.py, or of `dataset` (a spec)."""
+    if dataset is None:
+        source = make_source(seed=seed, sequence_length=sequence_length)
+    else:
+        from dataset_source import load_dataset
+
+        source = load_dataset(dataset)
     info = json.dumps({"type": "info", "payload": source.dataset_info()}).encode()
 
     class Cache(dict[int, bytes]):
@@ -99,8 +113,14 @@ async def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sequence-length", type=int, default=64)
+    parser.add_argument(
+        "--dataset",
+        metavar="SPEC",
+        default=None,
+        help="send the first samples of this dataset spec instead of the pool's",
+    )
     args = parser.parse_args(argv)
-    data, info = prebuilt(args.seed, args.sequence_length)
+    data, info = prebuilt(args.seed, args.sequence_length, args.dataset)
 
     async def handler(ws: ServerConnection) -> None:
         await handle(ws, data, info)

@@ -189,3 +189,15 @@ def test_a_dask_cluster_serves_the_same_bytes_as_local_workers(served: Path) -> 
     ):
         there = raw_samples(far.url, ROWS)
     assert here == there
+
+
+def test_the_simulator_with_an_end_is_shuffled_epoch_after_epoch() -> None:
+    args = ["--max-iterations", "200", "--shuffle", "--epochs", "2", "--workers", "1"]
+    with ServerProcess("--port", "0", *args) as server:
+        ids = first_ids(server.url, 400, 32)
+    epochs = [ids[:200], ids[200:]]
+    every = [f"sample_{k}" for k in range(200)]
+    for epoch in epochs:
+        assert sorted(epoch, key=lambda i: int(i.split("_")[1])) == every
+        assert epoch != every  # shuffled
+    assert epochs[0] != epochs[1]  # each epoch in its own order

@@ -738,3 +738,34 @@ def test_missing_optional_package(
     assert message.startswith(f"--dataset {spec}: ")
     assert f"needs the Python package {package}" in message
     assert "pip install -r requirements-datasets.txt" in message
+
+
+def test_only_an_image_may_be_both_an_input_and_an_output() -> None:
+    # A diffusion model's input and target are one image under one name.
+    from dataset_spec import DatasetProblem, parse_spec
+
+    image = {"type": "image", "column": "image", "size": [8, 8], "mode": "RGB"}
+    spec = parse_spec(
+        {"files": "x.parquet", "inputs": {"image": image}, "outputs": {"image": image}},
+        "diffusion.yaml",
+    )
+    assert [(e.side, e.name) for e in spec.entries] == [
+        ("inputs", "image"),
+        ("outputs", "image"),
+    ]
+    text = {"type": "sequence", "column": "text"}
+    with pytest.raises(DatasetProblem, match="'text' is both an input and an output"):
+        parse_spec(
+            {"files": "x.parquet", "inputs": {"text": text}, "outputs": {"text": text}},
+            "text.yaml",
+        )
+    smaller = {**image, "size": [4, 4]}
+    with pytest.raises(DatasetProblem, match="same column with the same size"):
+        parse_spec(
+            {
+                "files": "x.parquet",
+                "inputs": {"image": image},
+                "outputs": {"image": smaller},
+            },
+            "mismatch.yaml",
+        )
