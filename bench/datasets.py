@@ -682,11 +682,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
 
     def cpu(run: Run) -> str:
+        clients = sum(r.get("cpu", 0.0) for r in run.reports)
         return (
             f"server loop {run.server_cpu / run.wall:.0%}, its workers "
-            f"{run.workers_cpu / run.wall:.0%} of one core"
+            f"{run.workers_cpu / run.wall:.0%}, clients {clients / run.wall:.0%} "
+            "of one core"
         )
 
+    print(f"CPU, word chunks from the ceiling server: {cpu(ceiling[2])}")
     print(
         f"CPU, word chunks in index order: {cpu(in_order[2])}; "
         f"--shuffle: {cpu(shuffled[2])}"
