@@ -65,6 +65,7 @@ from dataset_spec import (
     resolve_files,
 )
 from stream_encoders import (
+    NESTED_OUTPUT_TYPES,
     build_sample,
     check_dataset_info,
     infer_shape,
@@ -78,6 +79,7 @@ log = logging.getLogger("dataset_source")
 CACHE_MAGIC = b"EIR-STREAM-INDEX 1\n"
 PROGRESS_SECONDS = 5.0  # between INFO lines while counting
 OPEN_FILES = 8  # data files each process keeps open
+DOCUMENT_CHARS = 32 * 2**20  # text of split documents each process keeps
 SAMPLE_ID = re.compile(r"r(0|[1-9][0-9]*)(?:c(0|[1-9][0-9]*))?")
 
 ChunkRule = tuple[str, int, int]  # (column, chunk_words, min_words)
@@ -595,12 +597,23 @@ class DatasetSource:
         self.files_cached = len(self.files) - counted
         self._readers: OrderedDict[int, FileReader] = OrderedDict()
         self._lock = threading.RLock()
-        self._words: tuple[int, list[str]] = (-1, [])
+        # Global row -> (its text's length, the texts of its word chunks):
+        # a document is split once while its chunks are being served, in
+        # index order or shuffled within a few row groups.
+        self._documents: OrderedDict[int, tuple[int, list[str]]] = OrderedDict()
+        self._document_chars = 0
         self._warned = False  # about a block larger than the cache
         self._chunked = spec.chunked
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._info = self._dataset_info()
         check_dataset_info(self._info)
+        self._dump = json.JSONEncoder(separators=(",", ":")).encode
+        self._keys = {e.name: self._dump(e.name) for e in spec.entries}
+        self._outputs = [
+            (e.name, e.type, self._keys[e.name])
+            for e in spec.entries
+            if e.side == "outputs"
+        ]
         sizes = f"{self.index.rows:,} rows, {self.num_samples:,} samples"
         log.info(
             f"dataset {spec.path}: {len(self.files)} files, {self.index.blocks} "
@@ -654,6 +667,13 @@ class DatasetSource:
     # -------------------------------------------------------------- samples
     def sample(self, index: int) -> dict[str, Any]:
         """Sample `index`: the same dict every time."""
+        sample_id, encoded = self._encoded(index)
+        return build_sample(
+            self._info, sample_id, encoded["inputs"], encoded["outputs"]
+        )
+
+    def _encoded(self, index: int) -> tuple[str, dict[str, dict[str, Any]]]:
+        """Sample `index`'s id and its encoded values by side and name."""
         block, row_in_block, row, chunk = self._locate(index)
         arrays, _ = self._block(block)
         sample_id = f"r{row}" if chunk is None else f"r{row}c{chunk}"
@@ -673,17 +693,48 @@ class DatasetSource:
                     f"{one_line(exc)}"
                 ) from exc
             encoded[entry.side][entry.name] = value
-        return build_sample(
-            self._info, sample_id, encoded["inputs"], encoded["outputs"]
-        )
+        return sample_id, encoded
 
     def samples(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """`sample` of each index, in order."""
         return [self.sample(i) for i in indices]
 
     def samples_json(self, indices: Sequence[int]) -> list[str]:
-        """Each sample as compact JSON text (what the server sends)."""
-        return [json.dumps(self.sample(i), separators=(",", ":")) for i in indices]
+        """Each sample as compact JSON text (what the server sends), made in
+        index order (shuffled indices then read each block and document in
+        one go) and returned in the order asked."""
+        texts = [""] * len(indices)
+        for at in sorted(range(len(indices)), key=indices.__getitem__):
+            texts[at] = self._sample_json(indices[at])
+        return texts
+
+    def _sample_json(self, index: int) -> str:
+        """json.dumps(sample(index), separators=(",", ":")), written from the
+        encoded values without building the sample's dicts: each value is
+        encoded once, also where build_sample repeats it (a sequence output
+        under inputs)."""
+        sample_id, encoded = self._encoded(index)
+        dump = self._dump
+        values = {
+            side: {name: dump(value) for name, value in named.items()}
+            for side, named in encoded.items()
+        }
+        inputs = dict(values["inputs"])
+        labels = []
+        for name, kind, key in self._outputs:
+            text = values["outputs"][name]
+            labels.append(
+                f"{key}:{{{key}:{text}}}"
+                if kind in NESTED_OUTPUT_TYPES
+                else f"{key}:{text}"
+            )
+            if kind == "sequence":
+                inputs[name] = text
+        given = ",".join(f"{self._keys[name]}:{text}" for name, text in inputs.items())
+        return (
+            f'{{"inputs":{{{given}}},"target_labels":{{{",".join(labels)}}},'
+            f'"sample_id":{dump(sample_id)}}}'
+        )
 
     def sample_id(self, index: int) -> str:
         """The id of sample `index`, without reading any data."""
@@ -709,12 +760,18 @@ class DatasetSource:
     ) -> str:
         """The words of chunk `chunk` of the document in global row `row`."""
         assert self._chunked is not None and self._chunked.chunk_words
-        words = self._words
-        if words[0] != row:  # a document's chunks usually come in a run
-            text = arrays[str(self._chunked.column)][row_in_block].as_py()
-            words = self._words = (row, text.split())
-        size = self._chunked.chunk_words
-        return " ".join(words[1][chunk * size : (chunk + 1) * size])
+        known = self._documents.get(row)
+        if known is not None:
+            self._documents.move_to_end(row)
+            return known[1][chunk]
+        text = arrays[str(self._chunked.column)][row_in_block].as_py()
+        words, size = text.split(), self._chunked.chunk_words
+        chunks = [" ".join(words[at : at + size]) for at in range(0, len(words), size)]
+        self._documents[row] = (len(text), chunks)
+        self._document_chars += len(text)
+        while self._document_chars > DOCUMENT_CHARS and len(self._documents) > 1:
+            self._document_chars -= self._documents.popitem(last=False)[1][0]
+        return chunks[chunk]
 
     def _value(
         self,

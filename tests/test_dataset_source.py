@@ -53,6 +53,8 @@ def check_all(source) -> list[dict]:
         enc.check_sample(sample, info)
     texts = source.samples_json(indices)
     assert texts == [json.dumps(s, separators=(",", ":")) for s in samples]
+    shuffled = random.Random(0).sample(indices, len(indices))  # made in order
+    assert source.samples_json(shuffled) == [texts[i] for i in shuffled]
     return samples
 
 
