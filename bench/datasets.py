@@ -3,8 +3,8 @@
 One run on this machine, every server a fresh subprocess, every client an
 EIR-pattern client process (bench/throughput.py's `streaming_client`:
 handshake, validation probe, one unread heartbeat, then heartbeat + getData
-back to back per batch, each reply parsed in full; here its check of the
-sample ids accepts a dataset's `r<row>c<chunk>`). The datasets are generated
+back to back per batch, each reply parsed in full; its check of the sample
+ids accepts a dataset's `r<row>c<chunk>`). The datasets are generated
 into a temporary folder first and deleted at the end; `$EIR_STREAM_CACHE`
 points into it, so the run neither reads nor fills ~/.cache/eir-stream.
 
@@ -64,7 +64,6 @@ import json
 import math
 import os
 import random
-import re
 import shlex
 import shutil
 import statistics
@@ -111,46 +110,13 @@ TARGET_VS_CEILING = 0.5  # word chunks vs the canned-bytes server
 TARGET_SHUFFLED = 0.8  # --shuffle vs index order
 TARGET_TWO_WORKERS = 1.7  # images, --workers 2 vs --workers 1
 
-DATASET_ID = re.compile(r"r(0|[1-9][0-9]*)(c(0|[1-9][0-9]*))?")
-
-
-# -- the client: bench/throughput.py's, accepting a dataset's sample ids -------
-def fetch_dataset_batch(ws: Any, get_data: str) -> int:
-    """bench/throughput.py's `fetch_batch`, but the ids must be a dataset's
-    (`r<row>` or `r<row>c<chunk>`) rather than `sample_<k>`."""
-    while True:
-        ws.send('{"type":"heartbeat"}')
-        ws.send(get_data)
-        message = json.loads(ws.recv())
-        kind = message["type"]
-        if kind in ("heartbeat", "error"):
-            continue
-        if kind != "data":
-            raise RuntimeError(f"expected a data reply, got {kind!r}")
-        payload = message["payload"]
-        if not payload or payload == ["terminate"]:
-            raise RuntimeError("the stream ended during the benchmark")
-        first, last = payload[0]["sample_id"], payload[-1]["sample_id"]
-        if not (DATASET_ID.fullmatch(first) and DATASET_ID.fullmatch(last)):
-            raise RuntimeError(f"unexpected sample ids {first!r} .. {last!r}")
-        return len(payload)
-
-
-def dataset_client(
-    url: str, batch_size: int, seconds: float, go: Any, results: Any
-) -> None:
-    """bench/throughput.py's `streaming_client` (in its own process), with
-    `fetch_dataset_batch` in place of its `fetch_batch`."""
-    throughput.fetch_batch = fetch_dataset_batch  # type: ignore[assignment]
-    throughput.streaming_client(url, batch_size, seconds, go, results)
-
 
 def stream(
     server: AbstractContextManager[Server], clients: int, batch: int, seconds: float
 ) -> Result:
     """(total steady rate, per-client steady rates, the run) of `clients`."""
     with server as s:
-        targets = [(dataset_client, (s.url, batch, seconds))] * clients
+        targets = [(throughput.streaming_client, (s.url, batch, seconds))] * clients
         run = run_clients(s, targets, seconds)
     rates = [steady_rate(r, batch) for r in run.streams()]
     return sum(rates), rates, run
@@ -387,7 +353,9 @@ def start_and_stream(
         time.sleep(1.0)
         listening = memory_mib(process.pid)
         server = Server(process.process, process.port, startup, "")
-        targets = [(dataset_client, (process.url, batch, seconds))] * clients
+        targets = [
+            (throughput.streaming_client, (process.url, batch, seconds))
+        ] * clients
         run = run_clients(server, targets, seconds)
         streamed = memory_mib(process.pid)
     rate = sum(steady_rate(r, batch) for r in run.streams())

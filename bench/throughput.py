@@ -40,6 +40,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -233,6 +234,10 @@ def validation_probe(ws: Any) -> None:
     assert "resetConfirmation" in replies, replies
 
 
+# The simulator's ids, or a dataset's (`--dataset`: rows and word chunks).
+SAMPLE_ID = re.compile(r"sample_(0|[1-9][0-9]*)|r(0|[1-9][0-9]*)(c(0|[1-9][0-9]*))?")
+
+
 def fetch_batch(ws: Any, get_data: str) -> int:
     """One EIR batch fetch; returns the number of samples in the data reply."""
     while True:
@@ -248,7 +253,7 @@ def fetch_batch(ws: Any, get_data: str) -> int:
         if not payload or payload == ["terminate"]:
             raise RuntimeError("the stream ended during the benchmark")
         first, last = payload[0]["sample_id"], payload[-1]["sample_id"]
-        if not (first.startswith("sample_") and last.startswith("sample_")):
+        if not (SAMPLE_ID.fullmatch(first) and SAMPLE_ID.fullmatch(last)):
             raise RuntimeError(f"unexpected sample ids {first!r} .. {last!r}")
         return len(payload)
 
