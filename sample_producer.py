@@ -721,12 +721,20 @@ class SampleProducer:
         """Let go of queued read-ahead chunks with none of the upcoming
         indices: the stream moved away from them (a rewind)."""
         wanted = set(upcoming)
+        self._drop_queued(
+            lambda chunk: not wanted.isdisjoint(chunk.indices),
+            "read ahead for indices the stream left",
+        )
+
+    def _drop_queued(self, wanted: Callable[[Chunk], bool], why: str) -> None:
+        """Let go of the queued read-ahead chunks that `wanted` refuses, in
+        queue order; a chunk a request waits for always stays."""
         keep: deque[Chunk] = deque()
         for chunk in self._queue:
-            if chunk.asked or not wanted.isdisjoint(chunk.indices):
+            if chunk.asked or wanted(chunk):
                 keep.append(chunk)
             else:
-                self._fail(chunk, "read ahead for indices the stream left")
+                self._fail(chunk, why)
         self._queue = keep
 
     # -- tasks ---------------------------------------------------------------
@@ -848,14 +856,14 @@ class SampleProducer:
 
     def _trim_queue(self) -> None:
         """Let go of queued read-ahead past the read-ahead's (new) size."""
-        room, keep = self.read_ahead, deque()
-        for chunk in self._queue:
-            if chunk.asked or room > 0:
-                keep.append(chunk)
-                room -= 0 if chunk.asked else len(chunk.indices)
-            else:
-                self._fail(chunk, "read ahead past the read-ahead's size")
-        self._queue = keep
+        room = self.read_ahead
+
+        def within(chunk: Chunk) -> bool:
+            nonlocal room
+            fits, room = room > 0, room - len(chunk.indices)
+            return fits
+
+        self._drop_queued(within, "read ahead past the read-ahead's size")
 
     def _fail(self, chunk: Chunk, message: str) -> None:
         self.held.let_go(chunk)
