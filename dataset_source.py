@@ -606,7 +606,10 @@ class DatasetSource:
         self._chunked = spec.chunked
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._info = self._dataset_info()
-        check_dataset_info(self._info)
+        try:
+            check_dataset_info(self._info)
+        except ValueError as exc:  # as every problem: one line naming the spec
+            raise DatasetProblem(str(exc)) from None
         self._dump = json.JSONEncoder(separators=(",", ":")).encode
         self._keys = {e.name: self._dump(e.name) for e in spec.entries}
         self._outputs = [
