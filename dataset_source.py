@@ -38,12 +38,13 @@ import sys
 import threading
 import time
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import astuple, dataclass
 from itertools import accumulate
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,7 @@ CACHE_MAGIC = b"EIR-STREAM-INDEX 1\n"
 PROGRESS_SECONDS = 5.0  # between INFO lines while counting
 OPEN_FILES = 8  # data files each process keeps open
 DOCUMENT_CHARS = 32 * 2**20  # text of split documents each process keeps
+CHUNK_MARK = "\x00"  # where a chunk's text goes in a template: JSON never holds it raw
 SAMPLE_ID = re.compile(r"r(0|[1-9][0-9]*)(?:c(0|[1-9][0-9]*))?")
 
 ChunkRule = tuple[str, int, int]  # (column, chunk_words, min_words)
@@ -604,6 +606,14 @@ class DatasetSource:
         self._document_chars = 0
         self._warned = False  # about a block larger than the cache
         self._chunked = spec.chunked
+        self._chunked_column = spec.chunked.column if spec.chunked else None
+        # Word chunks are made a document at a time (`_chunks_json`) when the
+        # chunked column feeds sequence entries only, whose value is the text.
+        self._by_document = spec.chunked is not None and all(
+            entry.type == "sequence"
+            for entry in spec.entries
+            if self._chunked_column in entry.reads
+        )
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._info = self._dataset_info()
         try:
@@ -706,22 +716,32 @@ class DatasetSource:
         """Each sample as compact JSON text (what the server sends), made in
         index order (shuffled indices then read each block and document in
         one go) and returned in the order asked."""
+        order = sorted(range(len(indices)), key=indices.__getitem__)
+        ascending = [indices[at] for at in order]
+        if self._by_document:
+            made = self._chunks_json(ascending)
+        else:
+            made = [self._sample_json(index) for index in ascending]
         texts = [""] * len(indices)
-        for at in sorted(range(len(indices)), key=indices.__getitem__):
-            texts[at] = self._sample_json(indices[at])
+        for at, text in zip(order, made, strict=True):
+            texts[at] = text
         return texts
 
     def _sample_json(self, index: int) -> str:
         """json.dumps(sample(index), separators=(",", ":")), written from the
-        encoded values without building the sample's dicts: each value is
-        encoded once, also where build_sample repeats it (a sequence output
-        under inputs)."""
+        encoded values without building the sample's dicts."""
         sample_id, encoded = self._encoded(index)
         dump = self._dump
         values = {
             side: {name: dump(value) for name, value in named.items()}
             for side, named in encoded.items()
         }
+        return self._json_up_to_id(values) + dump(sample_id) + "}"
+
+    def _json_up_to_id(self, values: dict[str, dict[str, str]]) -> str:
+        """A sample's JSON from its values' JSON texts by side and name, up
+        to its id's value: each value is written once, also where
+        build_sample repeats it (a sequence output under inputs)."""
         inputs = dict(values["inputs"])
         labels = []
         for name, kind, key in self._outputs:
@@ -734,10 +754,57 @@ class DatasetSource:
             if kind == "sequence":
                 inputs[name] = text
         given = ",".join(f"{self._keys[name]}:{text}" for name, text in inputs.items())
-        return (
-            f'{{"inputs":{{{given}}},"target_labels":{{{",".join(labels)}}},'
-            f'"sample_id":{dump(sample_id)}}}'
-        )
+        labelled = ",".join(labels)
+        return f'{{"inputs":{{{given}}},"target_labels":{{{labelled}}},"sample_id":'
+
+    def _chunks_json(self, ascending: list[int]) -> list[str]:
+        """`_sample_json` of each index (ascending) in word-chunk mode, a
+        document at a time: the document is split once, its other values are
+        encoded once into a template, and each chunk's JSON is its text
+        dropped into that template. This is the loop run for every word chunk
+        served, hence the comprehension."""
+        made: list[str] = []
+        starts = self.index.sample_start
+        escape = encode_basestring_ascii
+        at, count = 0, len(ascending)
+        while at < count:
+            block, row_in_block, row, _ = self._locate(ascending[at])
+            prefix = self._prefix(block)
+            first = starts[block] + prefix[row_in_block]
+            stop = bisect_left(
+                ascending, first + prefix[row_in_block + 1] - prefix[row_in_block], at
+            )
+            numbers = [index - first for index in ascending[at:stop]]
+            arrays, _ = self._block(block)
+            chunks = self._document_chunks(arrays, row_in_block, row)
+            parts = self._template(block, arrays, row_in_block, f"r{row}c{numbers[0]}")
+            made += [
+                escape(chunks[number]).join(parts) + f'"r{row}c{number}"}}'
+                for number in numbers
+            ]
+            at = stop
+        return made
+
+    def _template(
+        self, block: int, arrays: dict[str, Any], row_in_block: int, sample_id: str
+    ) -> list[str]:
+        """The JSON of a word chunk of this row up to its id, cut where the
+        chunk's text goes (`_sample_json` = text.join(parts) + id + "}")."""
+        folder = posixpath.dirname(self.files[self.index.block_file[block]].url)
+        values: dict[str, dict[str, str]] = {"inputs": {}, "outputs": {}}
+        for entry in self.spec.entries:
+            if entry.type == "sequence" and entry.column == self._chunked_column:
+                values[entry.side][entry.name] = CHUNK_MARK
+                continue
+            try:
+                value = self._value(entry, arrays, row_in_block, None, folder)
+            except Exception as exc:
+                raise ValueError(
+                    f"sample {sample_id}: {entry.where}: {type(exc).__name__}: "
+                    f"{one_line(exc)}"
+                ) from exc
+            values[entry.side][entry.name] = self._dump(value)
+        return self._json_up_to_id(values).split(CHUNK_MARK)
 
     def sample_id(self, index: int) -> str:
         """The id of sample `index`, without reading any data."""
@@ -762,11 +829,18 @@ class DatasetSource:
         self, arrays: dict[str, Any], row_in_block: int, row: int, chunk: int
     ) -> str:
         """The words of chunk `chunk` of the document in global row `row`."""
+        return self._document_chunks(arrays, row_in_block, row)[chunk]
+
+    def _document_chunks(
+        self, arrays: dict[str, Any], row_in_block: int, row: int
+    ) -> list[str]:
+        """The texts of the word chunks of the document in global row `row`
+        (a short last one included), split once while they are being served."""
         assert self._chunked is not None and self._chunked.chunk_words
         known = self._documents.get(row)
         if known is not None:
             self._documents.move_to_end(row)
-            return known[1][chunk]
+            return known[1]
         text = arrays[str(self._chunked.column)][row_in_block].as_py()
         words, size = text.split(), self._chunked.chunk_words
         chunks = [" ".join(words[at : at + size]) for at in range(0, len(words), size)]
@@ -774,7 +848,7 @@ class DatasetSource:
         self._document_chars += len(text)
         while self._document_chars > DOCUMENT_CHARS and len(self._documents) > 1:
             self._document_chars -= self._documents.popitem(last=False)[1][0]
-        return chunks[chunk]
+        return chunks
 
     def _value(
         self,
