@@ -12,20 +12,31 @@ Parquet row group, say). The indices come in *blocks* of consecutive indices
 (`block_sizes`). Each epoch:
 
 1. shuffles the order of the blocks (RNG "<seed>:<epoch>:blocks");
-2. cuts that order into *windows* of consecutive blocks: a window closes at
-   `WINDOW_BLOCKS` blocks, or as soon as it holds `WINDOW_INDICES` indices,
-   whichever comes first (the last window of an epoch may hold less);
-3. shuffles the indices within each window (RNG "<seed>:<epoch>:window:<w>").
+2. cuts every block of more than `PIECE_INDICES` indices into *pieces* of
+   consecutive indices, as few as keep each within `PIECE_INDICES` and of
+   sizes differing by one at most, and shuffles the pieces of each such
+   block among themselves where the block stands (one RNG,
+   "<seed>:<epoch>:pieces", taken by those blocks in the epoch's order);
+3. cuts that order into *windows*: a piece is a window of its own; other
+   blocks gather into a window that closes at `WINDOW_BLOCKS` blocks, or as
+   soon as it holds `WINDOW_INDICES` indices, or where a piece comes next
+   (the last window of an epoch may hold less);
+4. shuffles the indices within each window (RNG "<seed>:<epoch>:window:<w>").
+
+A large block is thus read in one go (its pieces stay together) but never
+mixed as a whole: a worker that makes a run of consecutive positions needs
+the rows of a few pieces, not of every row in a row group of thousands,
+which matters where one row is split into many samples (word chunks).
 
 So positions [start, stop) of an epoch draw on the blocks of the windows they
 overlap, at most `WINDOW_BLOCKS` blocks per window. A run of L consecutive
 positions overlaps at most ceil((L - 1) / m) + 1 windows, m the length of the
 shortest window but the last. With the default blocks (`BLOCK_SIZE` indices
-each, the last one shorter) every window but the last holds 4 blocks, more
-than 3 x 1,024 indices, so any run of up to 3,000 positions overlaps at most
-2 windows: it touches at most 2 x `WINDOW_BLOCKS` = 8 blocks.
+each, the last one shorter, so no pieces) every window but the last holds 4
+blocks, more than 3 x 1,024 indices, so any run of up to 3,000 positions
+overlaps at most 2 windows: it touches at most 2 x `WINDOW_BLOCKS` = 8 blocks.
 
-Memory is O(number of blocks) per epoch (its block order and window bounds,
+Memory is O(number of blocks and pieces) per epoch (its order and windows,
 for the last few epochs asked about) plus the windows in use: their shuffled
 indices are made when first read and cached up to `CACHED_INDICES` indices,
 never O(n) for a whole epoch. Standard library only.
@@ -39,7 +50,8 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, compress, pairwise
 
 BLOCK_SIZE = 1024  # indices per block when the source names no blocks
-WINDOW_BLOCKS = 4  # a window closes at this many blocks ...
+PIECE_INDICES = BLOCK_SIZE  # a larger block is cut into pieces of at most this
+WINDOW_BLOCKS = 4  # a window of whole blocks closes at this many blocks ...
 WINDOW_INDICES = 4096  # ... or as soon as it holds this many indices
 CACHED_INDICES = 1 << 16  # window indices kept (the two newest windows always)
 CACHED_EPOCHS = 3  # epoch layouts kept: a peek can reach past the current one
@@ -47,11 +59,13 @@ CACHED_EPOCHS = 3  # epoch layouts kept: a peek can reach past the current one
 
 @dataclass(frozen=True, slots=True)
 class _Layout:
-    """One epoch's blocks in their shuffled order, cut into windows."""
+    """One epoch's blocks and pieces in their shuffled order, cut into
+    windows. A part is a whole block or a piece of one: indices lo..hi-1."""
 
     blocks: list[int]  # the non-empty blocks, in this epoch's order
+    parts: list[tuple[int, int]]  # (lo, hi) of each part, in this epoch's order
     starts: list[int]  # the position of each window's first index, then n
-    firsts: list[int]  # the offset in `blocks` of each window's first, then all
+    firsts: list[int]  # the offset in `parts` of each window's first, then all
 
 
 def fixed_blocks(num_samples: int, size: int = BLOCK_SIZE) -> list[int]:
@@ -155,27 +169,53 @@ class EpochOrder:
 
     # -- making and caching the layout and the windows ------------------------
     def _layout(self, epoch: int) -> _Layout:
-        """Epoch `epoch`'s block order and windows, made once and cached."""
+        """Epoch `epoch`'s block order, pieces and windows, made once and
+        cached."""
         layout = self._layouts.get(epoch)
         if layout is not None:
             self._layouts.move_to_end(epoch)
             return layout
         if epoch < 0:
             raise ValueError(f"epoch must be 0 or more, got {epoch}")
-        sizes = self.block_sizes
+        sizes, bounds = self.block_sizes, self._block_starts
         blocks = [b for b, size in enumerate(sizes) if size]
         random.Random(f"{self.seed}:{epoch}:blocks").shuffle(blocks)
+        pieces_rng = random.Random(f"{self.seed}:{epoch}:pieces")
+        parts: list[tuple[int, int]] = []
         starts, firsts = [0], [0]
         position = held = count = 0
-        for k, block in enumerate(blocks):
-            position += sizes[block]
-            held += sizes[block]
-            count += 1
-            if count == WINDOW_BLOCKS or held >= WINDOW_INDICES or k == len(blocks) - 1:
+
+        def close() -> None:
+            nonlocal held, count
+            if count:
                 starts.append(position)
-                firsts.append(k + 1)
+                firsts.append(len(parts))
                 held = count = 0
-        layout = self._layouts[epoch] = _Layout(blocks, starts, firsts)
+
+        for block in blocks:
+            size, lo = sizes[block], bounds[block]
+            if size > PIECE_INDICES:
+                close()
+                cuts = -(-size // PIECE_INDICES)
+                pieces = [
+                    (lo + k * size // cuts, lo + (k + 1) * size // cuts)
+                    for k in range(cuts)
+                ]
+                pieces_rng.shuffle(pieces)
+                for piece in pieces:
+                    parts.append(piece)
+                    position += piece[1] - piece[0]
+                    count = 1
+                    close()
+                continue
+            parts.append((lo, lo + size))
+            position += size
+            held += size
+            count += 1
+            if count == WINDOW_BLOCKS or held >= WINDOW_INDICES:
+                close()
+        close()
+        layout = self._layouts[epoch] = _Layout(blocks, parts, starts, firsts)
         if len(self._layouts) > CACHED_EPOCHS:
             self._layouts.popitem(last=False)
         return layout
@@ -188,11 +228,8 @@ class EpochOrder:
         if window is not None:
             self._windows.move_to_end(key)
             return window
-        bounds = self._block_starts
-        blocks = layout.blocks[layout.firsts[w] : layout.firsts[w + 1]]
-        window = list(
-            chain.from_iterable(range(bounds[b], bounds[b + 1]) for b in blocks)
-        )
+        parts = layout.parts[layout.firsts[w] : layout.firsts[w + 1]]
+        window = list(chain.from_iterable(range(lo, hi) for lo, hi in parts))
         random.Random(f"{self.seed}:{epoch}:window:{w}").shuffle(window)
         self._windows[key] = window
         self._held += len(window)
@@ -206,19 +243,17 @@ class SkipCounts:
     """How many indices of a fixed set (the validation ids) sit at or after a
     position of an epoch of an `EpochOrder`, without a pass over the epoch.
 
-    The set is counted per block once (a bisect per block boundary in the
-    sorted set); an epoch's counts per window follow from its block order, in
-    O(number of blocks); within a window, the positions of the set's indices
-    come from the window's cached order and are kept for the last few windows
-    asked about.
+    An epoch's counts per window come from bisecting the sorted set at the
+    bounds of its blocks and pieces, in O(parts x log(set)); within a window,
+    the positions of the set's indices come from the window's cached order
+    and are kept for the last few windows asked about.
     """
 
     def __init__(self, order: EpochOrder, skip: Collection[int]) -> None:
         self._order = order
         self._skip = skip
         ordered = sorted(i for i in skip if 0 <= i < order.num_samples)
-        cuts = [bisect_left(ordered, start) for start in order._block_starts]
-        self._per_block = [b - a for a, b in pairwise(cuts)]
+        self._ordered = ordered
         self.total = len(ordered)  # the set's indices within 0..num_samples-1
         self._suffixes: OrderedDict[int, list[int]] = OrderedDict()
         self._offsets: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
@@ -246,11 +281,11 @@ class SkipCounts:
         if suffix is not None:
             self._suffixes.move_to_end(epoch)
             return suffix
-        per_block, blocks, firsts = self._per_block, layout.blocks, layout.firsts
-        per_window = [
-            sum(per_block[b] for b in blocks[firsts[w] : firsts[w + 1]])
-            for w in range(len(firsts) - 1)
+        ordered, parts, firsts = self._ordered, layout.parts, layout.firsts
+        per_part = [
+            bisect_left(ordered, hi) - bisect_left(ordered, lo) for lo, hi in parts
         ]
+        per_window = [sum(per_part[a:b]) for a, b in pairwise(firsts)]
         suffix = [*reversed([0, *accumulate(reversed(per_window))])]
         self._suffixes[epoch] = suffix
         if len(self._suffixes) > CACHED_EPOCHS:
@@ -276,6 +311,7 @@ class SkipCounts:
 __all__ = [
     "BLOCK_SIZE",
     "CACHED_INDICES",
+    "PIECE_INDICES",
     "WINDOW_BLOCKS",
     "WINDOW_INDICES",
     "EpochOrder",

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from stream_order import (
     BLOCK_SIZE,
     CACHED_INDICES,
+    PIECE_INDICES,
     WINDOW_BLOCKS,
     WINDOW_INDICES,
     EpochOrder,
@@ -34,19 +35,33 @@ def epoch_of(order: EpochOrder, epoch: int) -> list[int]:
 
 def reference_epoch(sizes: list[int], seed: int, epoch: int) -> list[int]:
     """The documented recipe, written out plainly: shuffle the non-empty
-    blocks, cut windows at 4 blocks or 4,096 indices, shuffle each window."""
+    blocks; cut a block of over 1,024 indices into pieces shuffled in place,
+    each piece a window; gather the other blocks into windows closed at 4
+    blocks, 4,096 indices or a piece; shuffle each window."""
     starts = [0, *accumulate(sizes)]
     blocks = [b for b, size in enumerate(sizes) if size]
     random.Random(f"{seed}:{epoch}:blocks").shuffle(blocks)
-    windows: list[list[int]] = [[]]
+    pieces_rng = random.Random(f"{seed}:{epoch}:pieces")
+    windows: list[list[range]] = [[]]
     for block in blocks:
-        windows[-1].append(block)
-        held = sum(sizes[b] for b in windows[-1])
+        size, lo = sizes[block], starts[block]
+        if size > PIECE_INDICES:
+            cuts = math.ceil(size / PIECE_INDICES)
+            pieces = [
+                (lo + k * size // cuts, lo + (k + 1) * size // cuts)
+                for k in range(cuts)
+            ]
+            pieces_rng.shuffle(pieces)
+            windows += [[range(a, b)] for a, b in pieces]
+            windows.append([])
+            continue
+        windows[-1].append(range(lo, lo + size))
+        held = sum(len(part) for part in windows[-1])
         if len(windows[-1]) == WINDOW_BLOCKS or held >= WINDOW_INDICES:
             windows.append([])
     out: list[int] = []
     for w, window in enumerate(w for w in windows if w):
-        indices = [i for b in window for i in range(starts[b], starts[b + 1])]
+        indices = [i for part in window for i in part]
         random.Random(f"{seed}:{epoch}:window:{w}").shuffle(indices)
         out += indices
     return out
@@ -98,6 +113,11 @@ def test_the_order_is_pinned_across_runs_and_platforms() -> None:
     assert order.window_starts(0) == [0, 12, 24]
     assert epoch_of(order, 0)[:12] == [19, 7, 14, 13, 12, 8, 18, 6, 11, 9, 20, 10]
     assert epoch_of(order, 1)[:6] == [3, 12, 14, 13, 19, 5]
+    pieces = EpochOrder(3000, seed=7, block_sizes=[2100, 900])  # 2,100: 3 pieces
+    assert pieces.block_order(0) == [1, 0]
+    assert pieces.window_starts(0) == [0, 900, 1600, 2300, 3000]
+    assert pieces.indices(0, 900, 904) == [855, 1187, 870, 1318]  # piece 700..1399
+    assert pieces.indices(0, 2300, 2304) == [33, 486, 155, 440]  # piece 0..699
     assert EpochOrder(3000).indices(0, 0, 4) == [2460, 2928, 2585, 1546]
 
 
@@ -178,25 +198,47 @@ def test_any_run_of_1000_positions_touches_at_most_8_default_blocks() -> None:
     assert most_blocks_in_a_run(order, 0, 3000) <= 8
 
 
-def test_a_window_closes_at_4_blocks_or_4096_indices() -> None:
+def test_a_window_is_a_piece_or_closes_at_4_blocks_or_4096_indices() -> None:
+    """Each window holds either one piece of a block of over 1,024 indices
+    (consecutive indices, at most 1,024, the block's pieces side by side in
+    the epoch and within one of each other in size) or whole smaller blocks,
+    closed at 4 blocks or 4,096 indices or before a piece."""
     rng = random.Random(9)
-    sizes = [rng.choice([0, 1, 10, 300, 1500, 3000, 9000]) for _ in range(300)]
+    sizes = [rng.choice([0, 1, 10, 300, 1024, 1025, 3000, 9000]) for _ in range(300)]
     order = EpochOrder(sum(sizes), seed=4, block_sizes=sizes)
+    bounds = [0, *accumulate(sizes)]
     for epoch in range(3):
         blocks, starts = order.block_order(epoch), order.window_starts(epoch)
         assert 0 not in [sizes[b] for b in blocks]  # empty blocks take no part
-        k = 0
+        k = 0  # blocks[:k]: the blocks of the windows so far
+        pieces: dict[int, list[int]] = {}  # large block -> its pieces' sizes
         for first, end in pairwise(starts):
-            window = []
-            while sum(sizes[b] for b in window) < end - first:
-                window.append(blocks[k])
-                k += 1
-            assert 1 <= len(window) <= WINDOW_BLOCKS
-            before_last = sum(sizes[b] for b in window[:-1])
-            assert len(window) - 1 < WINDOW_BLOCKS and before_last < WINDOW_INDICES
-            last = end == starts[-1]
-            assert last or len(window) == WINDOW_BLOCKS or end - first >= 4096
+            held = sorted(order.indices(epoch, first, end))
+            mine = list(dict.fromkeys(order.block_of(i) for i in held))
+            if sizes[mine[0]] > PIECE_INDICES:  # a piece
+                assert len(mine) == 1 and len(held) <= PIECE_INDICES
+                assert held == list(range(held[0], held[-1] + 1))
+                if mine[0] not in pieces:  # its block's first piece
+                    assert blocks[k] == mine[0]
+                    k += 1
+                assert blocks[k - 1] == mine[0]  # the pieces come together
+                pieces.setdefault(mine[0], []).append(len(held))
+                continue
+            assert set(blocks[k : k + len(mine)]) == set(mine)
+            k += len(mine)
+            assert all(sizes[b] <= PIECE_INDICES for b in mine)
+            assert held == sorted(i for b in mine for i in range(*bounds[b : b + 2]))
+            assert 1 <= len(mine) <= WINDOW_BLOCKS
+            assert sum(sizes[b] for b in mine[:-1]) < WINDOW_INDICES
+            closed = len(mine) == WINDOW_BLOCKS or end - first >= WINDOW_INDICES
+            before_piece = end < starts[-1] and (
+                sizes[order.block_of(order.index_at(epoch, end))] > PIECE_INDICES
+            )
+            assert closed or before_piece or end == starts[-1]
         assert k == len(blocks)
+        for block, got in pieces.items():
+            assert sum(got) == sizes[block] and max(got) - min(got) <= 1
+            assert len(got) == math.ceil(sizes[block] / PIECE_INDICES)
 
 
 @pytest.mark.parametrize("seed", range(4))
