@@ -575,7 +575,7 @@ class SampleProducer:
         self._largest_request = 0
         self._queue: deque[Chunk] = deque()  # chunks not yet at the engine
         self._in_flight = 0
-        self._missed = True  # the last request found samples not held
+        self._missed = True  # the last request asked for samples nobody made
         self._closed = False
         self._restarts: deque[float] = deque()
         self._pool_broken: str | None = None
@@ -630,11 +630,14 @@ class SampleProducer:
         """Wait for the chunks of `indices`: those queued move to the front
         of the queue, and those no chunk makes yet are asked for there (split
         so that every worker takes a share)."""
-        self._missed = True
         where = self.held.where
         # Kept here: the read-ahead may let go of a chunk while we wait.
         owners = {index: where.get(index) for index in indices}
         unasked = [index for index, chunk in owners.items() if chunk is None]
+        # Only then has the stream left the read-ahead (a rewind, say), for
+        # the next prefetch to look at anew; a request that waits for chunks
+        # in the making just found the workers behind.
+        self._missed = self._missed or bool(unasked)
         ours = list({id(c): c for c in owners.values() if c is not None}.values())
         if unasked:
             workers = max(1, self.engine.live_workers())
