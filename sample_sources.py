@@ -21,8 +21,8 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from functools import cache
-from itertools import accumulate, repeat
-from operator import add
+from itertools import accumulate, islice, repeat
+from operator import add, le
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 
@@ -278,45 +278,76 @@ ENCODE_SLICE = 512  # samples asked of the source at a time (see encode_chunk)
 def encode_chunk(source: SampleSource, indices: Sequence[int]) -> MadeChunk:
     """The samples of `indices`; one that raises does not cost its neighbours.
 
-    The source is asked for ENCODE_SLICE samples at a time, and each slice
-    is encoded while its text is still in the CPU's cache. A slice that
-    raises is asked again one index at a time, to find the culprits. This is
-    the one loop run for every sample served, hence the maps instead of a
-    comprehension on the usual path.
+    The source is asked for ENCODE_SLICE samples at a time, in ascending
+    index order: a source that reads its data in blocks (a dataset) then
+    reads each block and row once per chunk, also when the chunk's indices
+    are shuffled. Where they are ascending already (the usual case), each
+    slice is encoded while its text is still in the CPU's cache; else the
+    texts are put back in the order asked first. A slice that raises is
+    asked again one index at a time, to find the culprits.
     """
     started = time.perf_counter()
-    pieces: list[bytes] = []
-    offsets: list[int] = [0]
     failures: dict[int, str] = {}
-    for at in range(0, len(indices), ENCODE_SLICE):
-        wanted = indices[at : at + ENCODE_SLICE]
-        try:
-            texts = encode_samples(source, wanted)
-        except Exception:
-            texts = []
-            for index in wanted:
-                try:
-                    texts += encode_samples(source, [index])
-                except Exception as exc:
-                    texts.append("")
-                    failures[index] = f"{type(exc).__name__}: {exc}"
-        sizes: Iterable[int] | None = None
-        if "" in texts:  # a failed sample takes no bytes, not even a comma
-            sizes = [len(text.encode()) + 1 if text else 0 for text in texts]
-            texts = [text for text in texts if text]
-        texts.append("")  # so that the last sample gets its comma too
-        joined = ",".join(texts)
-        del texts[-1]
-        encoded = joined.encode()
-        if sizes is None:  # ASCII (the usual case): a byte per character
-            if len(encoded) == len(joined):
-                sizes = map(add, map(len, texts), repeat(1))
-            else:
-                sizes = [len(text.encode()) + 1 for text in texts]
-        offsets += accumulate(sizes, initial=offsets.pop())
-        pieces.append(encoded)
-    blob = b"".join(pieces)
-    return MadeChunk(blob, offsets, failures, time.perf_counter() - started)
+    count = len(indices)
+    if all(map(le, indices, islice(indices, 1, None))):
+        pieces: list[bytes] = []
+        offsets: list[int] = [0]
+        for at in range(0, count, ENCODE_SLICE):
+            texts = _make_texts(source, indices[at : at + ENCODE_SLICE], failures)
+            _encode_texts(texts, pieces, offsets)
+        return MadeChunk(
+            b"".join(pieces), offsets, failures, time.perf_counter() - started
+        )
+    order = sorted(range(count), key=indices.__getitem__)
+    asked: list[str] = [""] * count
+    for at in range(0, count, ENCODE_SLICE):
+        positions = order[at : at + ENCODE_SLICE]
+        texts = _make_texts(source, [indices[p] for p in positions], failures)
+        for position, text in zip(positions, texts, strict=True):
+            asked[position] = text
+    pieces, offsets = [], [0]
+    for at in range(0, count, ENCODE_SLICE):
+        _encode_texts(asked[at : at + ENCODE_SLICE], pieces, offsets)
+    return MadeChunk(b"".join(pieces), offsets, failures, time.perf_counter() - started)
+
+
+def _make_texts(
+    source: SampleSource, wanted: Sequence[int], failures: dict[int, str]
+) -> list[str]:
+    """`encode_samples` of `wanted`, with "" (and an entry in `failures`) for
+    each index the source raises for."""
+    try:
+        return encode_samples(source, wanted)
+    except Exception:
+        texts = []
+        for index in wanted:
+            try:
+                texts += encode_samples(source, [index])
+            except Exception as exc:
+                texts.append("")
+                failures[index] = f"{type(exc).__name__}: {exc}"
+        return texts
+
+
+def _encode_texts(texts: list[str], pieces: list[bytes], offsets: list[int]) -> None:
+    """Append `texts` to a blob under way: each text as UTF-8 plus a comma to
+    `pieces`, and where each one ends to `offsets`. This is the one loop run
+    for every sample served, hence the maps instead of a comprehension."""
+    sizes: Iterable[int] | None = None
+    if "" in texts:  # a failed sample takes no bytes, not even a comma
+        sizes = [len(text.encode()) + 1 if text else 0 for text in texts]
+        texts = [text for text in texts if text]
+    texts.append("")  # so that the last sample gets its comma too
+    joined = ",".join(texts)
+    del texts[-1]
+    encoded = joined.encode()
+    if sizes is None:  # ASCII (the usual case): a byte per character
+        if len(encoded) == len(joined):
+            sizes = map(add, map(len, texts), repeat(1))
+        else:
+            sizes = [len(text.encode()) + 1 for text in texts]
+    offsets += accumulate(sizes, initial=offsets.pop())
+    pieces.append(encoded)
 
 
 @cache

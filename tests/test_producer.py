@@ -246,6 +246,38 @@ def test_an_empty_sample_text_takes_no_bytes_and_leaves_its_neighbours_whole() -
     assert [s["sample_id"] for s in kept] == ["sample_4", "sample_6"]
 
 
+def test_a_shuffled_chunk_is_asked_of_the_source_in_index_order() -> None:
+    # A dataset reads a row group once per chunk only if the source sees each
+    # slice in ascending order; the blob must still follow the order asked,
+    # failed samples (here at a slice's edge) taking no bytes.
+    asked: list[list[int]] = []
+
+    class Records(SimulatedHealthData):
+        def samples_json(self, indices: list[int]) -> list[str]:
+            asked.append(list(indices))
+            if 511 in indices or 2000 in indices:
+                raise ValueError("a sample that cannot be made")
+            return super().samples_json(indices)
+
+    rng = random.Random(3)
+    indices = [*rng.sample([i for i in range(3000) if i not in (511, 2000)], 1498)]
+    indices[100:100] = [2000]
+    indices[900:900] = [511]
+    made = encode_chunk(Records(seed=0), indices)
+    assert set(made.failures) == {511, 2000}
+    slices = [a for a in asked if len(a) > 1]
+    assert sorted(i for a in slices for i in a) == sorted(indices)
+    assert len(slices) == 3
+    assert all(a == sorted(a) for a in slices) and slices == sorted(slices)
+    reference = SimulatedHealthData(seed=0)
+    for k, (start, stop) in enumerate(pairwise(made.offsets)):
+        if indices[k] in made.failures:
+            assert start == stop
+        else:
+            text = made.blob[start : stop - 1].decode()
+            assert text == reference.samples_json([indices[k]])[0]
+
+
 async def test_a_span_of_samples_comes_out_whole_around_failed_ones() -> None:
     # A reply is a slice of a chunk's blob: it must hold every sample of the
     # span, in order, with nothing cut or doubled, also when samples inside
