@@ -43,8 +43,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import astuple, dataclass
-from itertools import accumulate
+from itertools import accumulate, islice
 from json.encoder import encode_basestring_ascii
+from operator import le
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +81,6 @@ log = logging.getLogger("dataset_source")
 CACHE_MAGIC = b"EIR-STREAM-INDEX 1\n"
 PROGRESS_SECONDS = 5.0  # between INFO lines while counting
 OPEN_FILES = 8  # data files each process keeps open
-DOCUMENT_CHARS = 32 * 2**20  # text of split documents each process keeps
 CHUNK_MARK = "\x00"  # where a chunk's text goes in a template: JSON never holds it raw
 SAMPLE_ID = re.compile(r"r(0|[1-9][0-9]*)(?:c(0|[1-9][0-9]*))?")
 
@@ -599,11 +599,9 @@ class DatasetSource:
         self.files_cached = len(self.files) - counted
         self._readers: OrderedDict[int, FileReader] = OrderedDict()
         self._lock = threading.RLock()
-        # Global row -> (its text's length, the texts of its word chunks):
-        # a document is split once while its chunks are being served, in
-        # index order or shuffled within a few row groups.
-        self._documents: OrderedDict[int, tuple[int, list[str]]] = OrderedDict()
-        self._document_chars = 0
+        # (global row, its words) of the document split last: its next chunk
+        # asked alone (`sample`) is not split again.
+        self._last_document: tuple[int, list[str]] = (-1, [])
         self._warned = False  # about a block larger than the cache
         self._chunked = spec.chunked
         self._chunked_column = spec.chunked.column if spec.chunked else None
@@ -716,16 +714,18 @@ class DatasetSource:
         """Each sample as compact JSON text (what the server sends), made in
         index order (shuffled indices then read each block and document in
         one go) and returned in the order asked."""
+        make = self._chunks_json if self._by_document else self._samples_json
+        if all(map(le, indices, islice(indices, 1, None))):  # (encode_chunk's)
+            return make(list(indices))
         order = sorted(range(len(indices)), key=indices.__getitem__)
-        ascending = [indices[at] for at in order]
-        if self._by_document:
-            made = self._chunks_json(ascending)
-        else:
-            made = [self._sample_json(index) for index in ascending]
+        made = make([indices[at] for at in order])
         texts = [""] * len(indices)
         for at, text in zip(order, made, strict=True):
             texts[at] = text
         return texts
+
+    def _samples_json(self, ascending: list[int]) -> list[str]:
+        return [self._sample_json(index) for index in ascending]
 
     def _sample_json(self, index: int) -> str:
         """json.dumps(sample(index), separators=(",", ":")), written from the
@@ -766,6 +766,7 @@ class DatasetSource:
         made: list[str] = []
         starts = self.index.sample_start
         escape = encode_basestring_ascii
+        size = self._chunked.chunk_words if self._chunked else 0
         at, count = 0, len(ascending)
         while at < count:
             block, row_in_block, row, _ = self._locate(ascending[at])
@@ -776,10 +777,11 @@ class DatasetSource:
             )
             numbers = [index - first for index in ascending[at:stop]]
             arrays, _ = self._block(block)
-            chunks = self._document_chunks(arrays, row_in_block, row)
+            words = self._document_words_of(arrays, row_in_block, row)
             parts = self._template(block, arrays, row_in_block, f"r{row}c{numbers[0]}")
             made += [
-                escape(chunks[number]).join(parts) + f'"r{row}c{number}"}}'
+                escape(" ".join(words[number * size : (number + 1) * size])).join(parts)
+                + f'"r{row}c{number}"}}'
                 for number in numbers
             ]
             at = stop
@@ -829,26 +831,25 @@ class DatasetSource:
         self, arrays: dict[str, Any], row_in_block: int, row: int, chunk: int
     ) -> str:
         """The words of chunk `chunk` of the document in global row `row`."""
-        return self._document_chunks(arrays, row_in_block, row)[chunk]
+        assert self._chunked is not None and self._chunked.chunk_words
+        size = self._chunked.chunk_words
+        words = self._document_words_of(arrays, row_in_block, row)
+        return " ".join(words[chunk * size : (chunk + 1) * size])
 
-    def _document_chunks(
+    def _document_words_of(
         self, arrays: dict[str, Any], row_in_block: int, row: int
     ) -> list[str]:
-        """The texts of the word chunks of the document in global row `row`
-        (a short last one included), split once while they are being served."""
-        assert self._chunked is not None and self._chunked.chunk_words
-        known = self._documents.get(row)
-        if known is not None:
-            self._documents.move_to_end(row)
-            return known[1]
-        text = arrays[str(self._chunked.column)][row_in_block].as_py()
-        words, size = text.split(), self._chunked.chunk_words
-        chunks = [" ".join(words[at : at + size]) for at in range(0, len(words), size)]
-        self._documents[row] = (len(text), chunks)
-        self._document_chars += len(text)
-        while self._document_chars > DOCUMENT_CHARS and len(self._documents) > 1:
-            self._document_chars -= self._documents.popitem(last=False)[1][0]
-        return chunks
+        """The words of the document in global row `row`. Only the chunks
+        asked for are joined: a task of consecutive positions holds all of a
+        document's chunks in index order, but only some of them shuffled,
+        and another task, on another worker maybe, the rest. A task makes
+        its samples in index order, so it splits each document once."""
+        assert self._chunked is not None
+        if self._last_document[0] == row:
+            return self._last_document[1]
+        words = arrays[str(self._chunked.column)][row_in_block].as_py().split()
+        self._last_document = (row, words)
+        return words
 
     def _value(
         self,

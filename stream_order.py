@@ -12,7 +12,7 @@ Parquet row group, say). The indices come in *blocks* of consecutive indices
 (`block_sizes`). Each epoch:
 
 1. shuffles the order of the blocks (RNG "<seed>:<epoch>:blocks");
-2. cuts every block of more than `PIECE_INDICES` indices into *pieces* of
+2. cuts every block of more than `CUT_ABOVE` indices into *pieces* of
    consecutive indices, as few as keep each within `PIECE_INDICES` and of
    sizes differing by one at most, and shuffles the pieces of each such
    block among themselves where the block stands (one RNG,
@@ -23,10 +23,14 @@ Parquet row group, say). The indices come in *blocks* of consecutive indices
    (the last window of an epoch may hold less);
 4. shuffles the indices within each window (RNG "<seed>:<epoch>:window:<w>").
 
-A large block is thus read in one go (its pieces stay together) but never
-mixed as a whole: a worker that makes a run of consecutive positions needs
-the rows of a few pieces, not of every row in a row group of thousands,
-which matters where one row is split into many samples (word chunks).
+A large block is thus read in one go (its pieces stay together) but mixed a
+piece at a time, never as a whole: a task of a few thousand consecutive
+positions needs the rows of a few pieces, not every row of a row group of
+thousands, and only the pieces at its two ends are shared with the tasks
+next to it, which other workers may make. That matters where one row is
+split into many samples (word chunks): each worker that touches a row splits
+it. Blocks up to the default block size are not cut, so a source that names
+no blocks mixes 4 x 1,024 indices at a time.
 
 So positions [start, stop) of an epoch draw on the blocks of the windows they
 overlap, at most `WINDOW_BLOCKS` blocks per window. A run of L consecutive
@@ -50,7 +54,8 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, compress, pairwise
 
 BLOCK_SIZE = 1024  # indices per block when the source names no blocks
-PIECE_INDICES = BLOCK_SIZE  # a larger block is cut into pieces of at most this
+CUT_ABOVE = BLOCK_SIZE  # a larger block is cut into pieces ...
+PIECE_INDICES = 512  # ... of at most this many indices
 WINDOW_BLOCKS = 4  # a window of whole blocks closes at this many blocks ...
 WINDOW_INDICES = 4096  # ... or as soon as it holds this many indices
 CACHED_INDICES = 1 << 16  # window indices kept (the two newest windows always)
@@ -194,7 +199,7 @@ class EpochOrder:
 
         for block in blocks:
             size, lo = sizes[block], bounds[block]
-            if size > PIECE_INDICES:
+            if size > CUT_ABOVE:
                 close()
                 cuts = -(-size // PIECE_INDICES)
                 pieces = [
@@ -311,6 +316,7 @@ class SkipCounts:
 __all__ = [
     "BLOCK_SIZE",
     "CACHED_INDICES",
+    "CUT_ABOVE",
     "PIECE_INDICES",
     "WINDOW_BLOCKS",
     "WINDOW_INDICES",

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from stream_order import (
     BLOCK_SIZE,
     CACHED_INDICES,
+    CUT_ABOVE,
     PIECE_INDICES,
     WINDOW_BLOCKS,
     WINDOW_INDICES,
@@ -35,9 +36,10 @@ def epoch_of(order: EpochOrder, epoch: int) -> list[int]:
 
 def reference_epoch(sizes: list[int], seed: int, epoch: int) -> list[int]:
     """The documented recipe, written out plainly: shuffle the non-empty
-    blocks; cut a block of over 1,024 indices into pieces shuffled in place,
-    each piece a window; gather the other blocks into windows closed at 4
-    blocks, 4,096 indices or a piece; shuffle each window."""
+    blocks; cut a block of over 1,024 indices into pieces of at most 512,
+    shuffled in place, each piece a window; gather the other blocks into
+    windows closed at 4 blocks, 4,096 indices or a piece; shuffle each
+    window."""
     starts = [0, *accumulate(sizes)]
     blocks = [b for b, size in enumerate(sizes) if size]
     random.Random(f"{seed}:{epoch}:blocks").shuffle(blocks)
@@ -45,7 +47,7 @@ def reference_epoch(sizes: list[int], seed: int, epoch: int) -> list[int]:
     windows: list[list[range]] = [[]]
     for block in blocks:
         size, lo = sizes[block], starts[block]
-        if size > PIECE_INDICES:
+        if size > CUT_ABOVE:
             cuts = math.ceil(size / PIECE_INDICES)
             pieces = [
                 (lo + k * size // cuts, lo + (k + 1) * size // cuts)
@@ -113,11 +115,12 @@ def test_the_order_is_pinned_across_runs_and_platforms() -> None:
     assert order.window_starts(0) == [0, 12, 24]
     assert epoch_of(order, 0)[:12] == [19, 7, 14, 13, 12, 8, 18, 6, 11, 9, 20, 10]
     assert epoch_of(order, 1)[:6] == [3, 12, 14, 13, 19, 5]
-    pieces = EpochOrder(3000, seed=7, block_sizes=[2100, 900])  # 2,100: 3 pieces
+    pieces = EpochOrder(3000, seed=7, block_sizes=[2100, 900])  # 2,100: 5 pieces
     assert pieces.block_order(0) == [1, 0]
-    assert pieces.window_starts(0) == [0, 900, 1600, 2300, 3000]
-    assert pieces.indices(0, 900, 904) == [855, 1187, 870, 1318]  # piece 700..1399
-    assert pieces.indices(0, 2300, 2304) == [33, 486, 155, 440]  # piece 0..699
+    assert pieces.window_starts(0) == [0, 900, 1320, 1740, 2160, 2580, 3000]
+    assert pieces.indices(0, 0, 2) == [2357, 2758]  # the block of 900, whole
+    assert pieces.indices(0, 900, 904) == [1472, 1287, 1607, 1438]  # 1260..1679
+    assert pieces.indices(0, 2580, 2584) == [19, 134, 145, 231]  # piece 0..419
     assert EpochOrder(3000).indices(0, 0, 4) == [2460, 2928, 2585, 1546]
 
 
@@ -200,7 +203,7 @@ def test_any_run_of_1000_positions_touches_at_most_8_default_blocks() -> None:
 
 def test_a_window_is_a_piece_or_closes_at_4_blocks_or_4096_indices() -> None:
     """Each window holds either one piece of a block of over 1,024 indices
-    (consecutive indices, at most 1,024, the block's pieces side by side in
+    (consecutive indices, at most 512, the block's pieces side by side in
     the epoch and within one of each other in size) or whole smaller blocks,
     closed at 4 blocks or 4,096 indices or before a piece."""
     rng = random.Random(9)
@@ -215,7 +218,7 @@ def test_a_window_is_a_piece_or_closes_at_4_blocks_or_4096_indices() -> None:
         for first, end in pairwise(starts):
             held = sorted(order.indices(epoch, first, end))
             mine = list(dict.fromkeys(order.block_of(i) for i in held))
-            if sizes[mine[0]] > PIECE_INDICES:  # a piece
+            if sizes[mine[0]] > CUT_ABOVE:  # a piece
                 assert len(mine) == 1 and len(held) <= PIECE_INDICES
                 assert held == list(range(held[0], held[-1] + 1))
                 if mine[0] not in pieces:  # its block's first piece
@@ -226,13 +229,13 @@ def test_a_window_is_a_piece_or_closes_at_4_blocks_or_4096_indices() -> None:
                 continue
             assert set(blocks[k : k + len(mine)]) == set(mine)
             k += len(mine)
-            assert all(sizes[b] <= PIECE_INDICES for b in mine)
+            assert all(sizes[b] <= CUT_ABOVE for b in mine)
             assert held == sorted(i for b in mine for i in range(*bounds[b : b + 2]))
             assert 1 <= len(mine) <= WINDOW_BLOCKS
             assert sum(sizes[b] for b in mine[:-1]) < WINDOW_INDICES
             closed = len(mine) == WINDOW_BLOCKS or end - first >= WINDOW_INDICES
             before_piece = end < starts[-1] and (
-                sizes[order.block_of(order.index_at(epoch, end))] > PIECE_INDICES
+                sizes[order.block_of(order.index_at(epoch, end))] > CUT_ABOVE
             )
             assert closed or before_piece or end == starts[-1]
         assert k == len(blocks)
