@@ -34,7 +34,7 @@ from typing import Any
 
 from sample_sources import SampleSource
 from single_sample_simulation import simulate_sample
-from stream_order import EpochOrder, SkipCounts
+from stream_order import WINDOW_INDICES, EpochOrder, SkipCounts
 
 logger = logging.getLogger("data_simulator")
 
@@ -432,7 +432,10 @@ class SampleStream:
         `SimulatedHealthData` does); otherwise its `index_of` is asked id by id.
         A source may offer `block_sizes` (how many consecutive indices each
         block it reads at once holds): the shuffle keeps reads within few
-        blocks; otherwise it uses fixed blocks (stream_order.py).
+        blocks; otherwise it uses fixed blocks (stream_order.py). It may offer
+        `shuffle_window`, the most indices to mix at a time (where a row
+        gives many samples, small windows keep each worker from splitting
+        the same rows); otherwise stream_order.py's default.
         """
         bulk = getattr(source, "indices_of", None)
         if bulk is None:
@@ -446,7 +449,8 @@ class SampleStream:
             if source.num_samples is None:
                 raise ValueError("an unbounded source cannot be shuffled")
             blocks = getattr(source, "block_sizes", None)
-            order = EpochOrder(source.num_samples, seed, blocks)
+            window = getattr(source, "shuffle_window", None) or WINDOW_INDICES
+            order = EpochOrder(source.num_samples, seed, blocks, window)
         return cls(source.num_samples, bulk, epochs=epochs, order=order)
 
     # -- connections -------------------------------------------------------

@@ -81,6 +81,10 @@ log = logging.getLogger("dataset_source")
 CACHE_MAGIC = b"EIR-STREAM-INDEX 1\n"
 PROGRESS_SECONDS = 5.0  # between INFO lines while counting
 OPEN_FILES = 8  # data files each process keeps open
+# Word chunks shuffled this many at a time (stream_order.py): a task of a
+# few thousand consecutive positions then splits each document it touches
+# once, and shares few documents with the tasks beside it, on other workers.
+CHUNK_WINDOW = 512
 CHUNK_MARK = "\x00"  # where a chunk's text goes in a template: JSON never holds it raw
 SAMPLE_ID = re.compile(r"r(0|[1-9][0-9]*)(?:c(0|[1-9][0-9]*))?")
 
@@ -579,7 +583,9 @@ class DatasetSource:
     or word chunks, each sample made from one row of one block.
 
     `block_sizes` lists the samples of each block in index order (shuffle by
-    blocks to keep reads local). `cache` is this process's `BlockCache`.
+    blocks to keep reads local), and `shuffle_window` says how many to mix
+    at a time: `CHUNK_WINDOW` for word chunks, else the stream's default.
+    `cache` is this process's `BlockCache`.
     """
 
     def __init__(self, spec: DatasetSpec, max_iterations: int | None = None) -> None:
@@ -594,6 +600,7 @@ class DatasetSource:
             total if max_iterations is None else min(total, max_iterations)
         )
         self.block_sizes = _capped(self.index, self.num_samples)
+        self.shuffle_window = CHUNK_WINDOW if spec.chunked else None
         self.cache = BlockCache(spec.cache_bytes)
         self.files_counted = counted
         self.files_cached = len(self.files) - counted

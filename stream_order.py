@@ -9,36 +9,35 @@ platforms and PYTHONHASHSEED.
 
 The shuffle keeps reads local, because a dataset is read block by block (a
 Parquet row group, say). The indices come in *blocks* of consecutive indices
-(`block_sizes`). Each epoch:
+(`block_sizes`), and a *window* size W bounds how many indices are mixed
+together (`window`, `WINDOW_INDICES` by default). Each epoch:
 
 1. shuffles the order of the blocks (RNG "<seed>:<epoch>:blocks");
-2. cuts every block of more than `CUT_ABOVE` indices into *pieces* of
-   consecutive indices, as few as keep each within `PIECE_INDICES` and of
-   sizes differing by one at most, and shuffles the pieces of each such
-   block among themselves where the block stands (one RNG,
-   "<seed>:<epoch>:pieces", taken by those blocks in the epoch's order);
+2. cuts every block of more than W indices into *pieces* of consecutive
+   indices, as few as keep each within W and of sizes differing by one at
+   most, and shuffles the pieces of each such block among themselves where
+   the block stands (one RNG, "<seed>:<epoch>:pieces", taken by those blocks
+   in the epoch's order);
 3. cuts that order into *windows*: a piece is a window of its own; other
    blocks gather into a window that closes at `WINDOW_BLOCKS` blocks, or as
-   soon as it holds `WINDOW_INDICES` indices, or where a piece comes next
-   (the last window of an epoch may hold less);
+   soon as it holds W indices, or where a piece comes next (the last window
+   of an epoch may hold less);
 4. shuffles the indices within each window (RNG "<seed>:<epoch>:window:<w>").
 
 A large block is thus read in one go (its pieces stay together) but mixed a
-piece at a time, never as a whole: a task of a few thousand consecutive
-positions needs the rows of a few pieces, not every row of a row group of
-thousands, and only the pieces at its two ends are shared with the tasks
-next to it, which other workers may make. That matters where one row is
-split into many samples (word chunks): each worker that touches a row splits
-it. Blocks up to the default block size are not cut, so a source that names
-no blocks mixes 4 x 1,024 indices at a time.
+piece at a time, never as a whole. A source where one row gives many samples
+(a dataset's word chunks) asks for a small W (`shuffle_window`): a worker
+making a task of consecutive positions splits every row its windows touch,
+so windows much smaller than a task keep it from splitting the rows of the
+windows at its two ends, which the tasks beside it share, more than once.
 
 So positions [start, stop) of an epoch draw on the blocks of the windows they
 overlap, at most `WINDOW_BLOCKS` blocks per window. A run of L consecutive
 positions overlaps at most ceil((L - 1) / m) + 1 windows, m the length of the
 shortest window but the last. With the default blocks (`BLOCK_SIZE` indices
-each, the last one shorter, so no pieces) every window but the last holds 4
-blocks, more than 3 x 1,024 indices, so any run of up to 3,000 positions
-overlaps at most 2 windows: it touches at most 2 x `WINDOW_BLOCKS` = 8 blocks.
+each, the last one shorter) and W every window but the last holds 4 blocks,
+more than 3 x 1,024 indices, so any run of up to 3,000 positions overlaps at
+most 2 windows: it touches at most 2 x `WINDOW_BLOCKS` = 8 blocks.
 
 Memory is O(number of blocks and pieces) per epoch (its order and windows,
 for the last few epochs asked about) plus the windows in use: their shuffled
@@ -54,10 +53,8 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, compress, pairwise
 
 BLOCK_SIZE = 1024  # indices per block when the source names no blocks
-CUT_ABOVE = BLOCK_SIZE  # a larger block is cut into pieces ...
-PIECE_INDICES = 512  # ... of at most this many indices
 WINDOW_BLOCKS = 4  # a window of whole blocks closes at this many blocks ...
-WINDOW_INDICES = 4096  # ... or as soon as it holds this many indices
+WINDOW_INDICES = 4096  # ... or as soon as it holds this many (the default W)
 CACHED_INDICES = 1 << 16  # window indices kept (the two newest windows always)
 CACHED_EPOCHS = 3  # epoch layouts kept: a peek can reach past the current one
 
@@ -85,8 +82,10 @@ class EpochOrder:
 
     `block_sizes`: how many consecutive indices each block holds, in index
     order, summing to `num_samples` (empty blocks are allowed and hold
-    nothing); by default blocks of `BLOCK_SIZE`. Position p of epoch e holds
-    `index_at(e, p)`; every epoch is a permutation of 0..num_samples-1.
+    nothing); by default blocks of `BLOCK_SIZE`. `window`: W, the most
+    indices mixed together but where whole small blocks gather. Position p
+    of epoch e holds `index_at(e, p)`; every epoch is a permutation of
+    0..num_samples-1.
     """
 
     def __init__(
@@ -94,9 +93,14 @@ class EpochOrder:
         num_samples: int,
         seed: int = 0,
         block_sizes: Sequence[int] | None = None,
+        window: int = WINDOW_INDICES,
     ) -> None:
         if num_samples < 0:
             raise ValueError(f"num_samples must be 0 or more, got {num_samples}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(
+                f"window must be a whole number of 1 or more, got {window!r}"
+            )
         sizes = fixed_blocks(num_samples) if block_sizes is None else block_sizes
         sizes = tuple(int(size) for size in sizes)
         if any(size < 0 for size in sizes) or sum(sizes) != num_samples:
@@ -108,6 +112,7 @@ class EpochOrder:
         self.num_samples = num_samples
         self.seed = seed
         self.block_sizes = sizes
+        self.window = window
         self._block_starts = [0, *accumulate(sizes)]  # then num_samples
         self._layouts: OrderedDict[int, _Layout] = OrderedDict()
         self._windows: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
@@ -116,7 +121,7 @@ class EpochOrder:
     def __repr__(self) -> str:
         return (
             f"EpochOrder(num_samples={self.num_samples}, seed={self.seed!r}, "
-            f"blocks={len(self.block_sizes)})"
+            f"blocks={len(self.block_sizes)}, window={self.window})"
         )
 
     # -- what an epoch holds where -------------------------------------------
@@ -182,7 +187,7 @@ class EpochOrder:
             return layout
         if epoch < 0:
             raise ValueError(f"epoch must be 0 or more, got {epoch}")
-        sizes, bounds = self.block_sizes, self._block_starts
+        sizes, bounds, most = self.block_sizes, self._block_starts, self.window
         blocks = [b for b, size in enumerate(sizes) if size]
         random.Random(f"{self.seed}:{epoch}:blocks").shuffle(blocks)
         pieces_rng = random.Random(f"{self.seed}:{epoch}:pieces")
@@ -199,9 +204,9 @@ class EpochOrder:
 
         for block in blocks:
             size, lo = sizes[block], bounds[block]
-            if size > CUT_ABOVE:
+            if size > most:
                 close()
-                cuts = -(-size // PIECE_INDICES)
+                cuts = -(-size // most)
                 pieces = [
                     (lo + k * size // cuts, lo + (k + 1) * size // cuts)
                     for k in range(cuts)
@@ -217,7 +222,7 @@ class EpochOrder:
             position += size
             held += size
             count += 1
-            if count == WINDOW_BLOCKS or held >= WINDOW_INDICES:
+            if count == WINDOW_BLOCKS or held >= most:
                 close()
         close()
         layout = self._layouts[epoch] = _Layout(blocks, parts, starts, firsts)
@@ -316,8 +321,6 @@ class SkipCounts:
 __all__ = [
     "BLOCK_SIZE",
     "CACHED_INDICES",
-    "CUT_ABOVE",
-    "PIECE_INDICES",
     "WINDOW_BLOCKS",
     "WINDOW_INDICES",
     "EpochOrder",

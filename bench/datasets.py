@@ -283,11 +283,11 @@ def in_process_costs(
 ) -> dict[str, float]:
     """Seconds per sample of the sources in this process (made, JSON text)."""
     from dataset_source import load_dataset
-    from stream_order import EpochOrder
+    from stream_order import WINDOW_INDICES, EpochOrder
 
     text = load_dataset(str(text_spec))
     n = text.num_samples
-    order = EpochOrder(n, 0, text.block_sizes)
+    order = EpochOrder(n, 0, text.block_sizes, text.shuffle_window or WINDOW_INDICES)
 
     def in_order(start: int, stop: int) -> list[int]:
         return [i % n for i in range(start, stop)]
@@ -649,20 +649,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(rows))
     print()
 
-    def cpu(run: Run) -> str:
+    def cpu(result: Result) -> str:
+        total, _, run = result
         clients = sum(r.get("cpu", 0.0) for r in run.reports)
+
+        def share(seconds: float) -> str:
+            per_sample = seconds / run.wall / total * 1e6 if total else 0.0
+            return f"{seconds / run.wall:.0%} ({per_sample:.1f} us/sample)"
+
         return (
-            f"server loop {run.server_cpu / run.wall:.0%}, its workers "
-            f"{run.workers_cpu / run.wall:.0%}, clients {clients / run.wall:.0%} "
-            "of one core"
+            f"server loop {share(run.server_cpu)}, its workers "
+            f"{share(run.workers_cpu)}, clients {share(clients)} of one core"
         )
 
-    print(f"CPU, word chunks from the ceiling server: {cpu(ceiling[2])}")
+    def cpu_per_sample(result: Result) -> float:
+        total, _, run = result
+        clients = sum(r.get("cpu", 0.0) for r in run.reports)
+        used = run.server_cpu + run.workers_cpu + clients
+        return used / run.wall / total * 1e6 if total else 0.0
+
+    print(f"CPU, word chunks from the ceiling server: {cpu(ceiling)}")
+    print(f"CPU, word chunks in index order: {cpu(in_order)}")
+    print(f"CPU, word chunks --shuffle: {cpu(shuffled)}")
+    print(f"CPU, images --workers 1: {cpu(images1)}; --workers 2: {cpu(images2)}")
+    cores = os.cpu_count() or 1
+    budget = cores / (TARGET_VS_CEILING * ceiling[0]) * 1e6
     print(
-        f"CPU, word chunks in index order: {cpu(in_order[2])}; "
-        f"--shuffle: {cpu(shuffled[2])}"
+        f"CPU budget of {TARGET_VS_CEILING}x the ceiling on {cores} cores: "
+        f"{budget:.1f} us a sample for clients, server and workers together; "
+        f"the ceiling run used {cpu_per_sample(ceiling):.1f}, index order "
+        f"{cpu_per_sample(in_order):.1f}"
     )
-    print(f"CPU, images --workers 1: {cpu(images1[2])}; --workers 2: {cpu(images2[2])}")
     print(
         f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
         f"({os.cpu_count()} cores)"

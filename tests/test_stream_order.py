@@ -20,8 +20,6 @@ from hypothesis import strategies as st
 from stream_order import (
     BLOCK_SIZE,
     CACHED_INDICES,
-    CUT_ABOVE,
-    PIECE_INDICES,
     WINDOW_BLOCKS,
     WINDOW_INDICES,
     EpochOrder,
@@ -34,11 +32,13 @@ def epoch_of(order: EpochOrder, epoch: int) -> list[int]:
     return order.indices(epoch, 0, order.num_samples)
 
 
-def reference_epoch(sizes: list[int], seed: int, epoch: int) -> list[int]:
+def reference_epoch(
+    sizes: list[int], seed: int, epoch: int, window: int = WINDOW_INDICES
+) -> list[int]:
     """The documented recipe, written out plainly: shuffle the non-empty
-    blocks; cut a block of over 1,024 indices into pieces of at most 512,
+    blocks; cut a block of over `window` indices into pieces of at most that,
     shuffled in place, each piece a window; gather the other blocks into
-    windows closed at 4 blocks, 4,096 indices or a piece; shuffle each
+    windows closed at 4 blocks, `window` indices or a piece; shuffle each
     window."""
     starts = [0, *accumulate(sizes)]
     blocks = [b for b, size in enumerate(sizes) if size]
@@ -47,8 +47,8 @@ def reference_epoch(sizes: list[int], seed: int, epoch: int) -> list[int]:
     windows: list[list[range]] = [[]]
     for block in blocks:
         size, lo = sizes[block], starts[block]
-        if size > CUT_ABOVE:
-            cuts = math.ceil(size / PIECE_INDICES)
+        if size > window:
+            cuts = math.ceil(size / window)
             pieces = [
                 (lo + k * size // cuts, lo + (k + 1) * size // cuts)
                 for k in range(cuts)
@@ -59,7 +59,7 @@ def reference_epoch(sizes: list[int], seed: int, epoch: int) -> list[int]:
             continue
         windows[-1].append(range(lo, lo + size))
         held = sum(len(part) for part in windows[-1])
-        if len(windows[-1]) == WINDOW_BLOCKS or held >= WINDOW_INDICES:
+        if len(windows[-1]) == WINDOW_BLOCKS or held >= window:
             windows.append([])
     out: list[int] = []
     for w, window in enumerate(w for w in windows if w):
@@ -103,8 +103,9 @@ def test_the_order_follows_the_documented_recipe() -> None:
     for _ in range(30):
         sizes = [rng.choice([0, 1, 3, 50, 900, 2000, 5000]) for _ in range(12)]
         seed, epoch = rng.randrange(10**6), rng.randrange(100)
-        order = EpochOrder(sum(sizes), seed, sizes)
-        assert epoch_of(order, epoch) == reference_epoch(sizes, seed, epoch)
+        window = rng.choice([WINDOW_INDICES, 512, 700, 3000])
+        order = EpochOrder(sum(sizes), seed, sizes, window)
+        assert epoch_of(order, epoch) == reference_epoch(sizes, seed, epoch, window)
 
 
 def test_the_order_is_pinned_across_runs_and_platforms() -> None:
@@ -115,12 +116,15 @@ def test_the_order_is_pinned_across_runs_and_platforms() -> None:
     assert order.window_starts(0) == [0, 12, 24]
     assert epoch_of(order, 0)[:12] == [19, 7, 14, 13, 12, 8, 18, 6, 11, 9, 20, 10]
     assert epoch_of(order, 1)[:6] == [3, 12, 14, 13, 19, 5]
-    pieces = EpochOrder(3000, seed=7, block_sizes=[2100, 900])  # 2,100: 5 pieces
-    assert pieces.block_order(0) == [1, 0]
-    assert pieces.window_starts(0) == [0, 900, 1320, 1740, 2160, 2580, 3000]
-    assert pieces.indices(0, 0, 2) == [2357, 2758]  # the block of 900, whole
-    assert pieces.indices(0, 900, 904) == [1472, 1287, 1607, 1438]  # 1260..1679
-    assert pieces.indices(0, 2580, 2584) == [19, 134, 145, 231]  # piece 0..419
+    pieces = EpochOrder(12_000, seed=7, block_sizes=[9000, 3000])  # W 4,096
+    assert pieces.window_starts(0) == [0, 3000, 6000, 9000, 12_000]
+    assert pieces.indices(0, 0, 2) == [11188, 11705]  # the block of 3,000, whole
+    assert pieces.indices(0, 3000, 3002) == [3623, 5052]  # 3,000..5,999
+    small = EpochOrder(3000, seed=7, block_sizes=[2100, 900], window=512)
+    assert small.block_order(0) == [1, 0]
+    assert small.window_starts(0) == [0, 450, 900, 1320, 1740, 2160, 2580, 3000]
+    assert small.indices(0, 0, 2) == [2637, 2971]  # 2,550..2,999
+    assert small.indices(0, 2160, 2164) == [19, 134, 145, 231]  # 0..419
     assert EpochOrder(3000).indices(0, 0, 4) == [2460, 2928, 2585, 1546]
 
 
@@ -201,14 +205,15 @@ def test_any_run_of_1000_positions_touches_at_most_8_default_blocks() -> None:
     assert most_blocks_in_a_run(order, 0, 3000) <= 8
 
 
-def test_a_window_is_a_piece_or_closes_at_4_blocks_or_4096_indices() -> None:
-    """Each window holds either one piece of a block of over 1,024 indices
-    (consecutive indices, at most 512, the block's pieces side by side in
-    the epoch and within one of each other in size) or whole smaller blocks,
-    closed at 4 blocks or 4,096 indices or before a piece."""
+@pytest.mark.parametrize("window", [WINDOW_INDICES, 512])
+def test_a_window_is_a_piece_or_closes_at_4_blocks_or_w_indices(window: int) -> None:
+    """Each window holds either one piece of a block of over W indices
+    (consecutive indices, at most W, the block's pieces side by side in the
+    epoch and within one of each other in size) or whole smaller blocks,
+    closed at 4 blocks or W indices or before a piece."""
     rng = random.Random(9)
-    sizes = [rng.choice([0, 1, 10, 300, 1024, 1025, 3000, 9000]) for _ in range(300)]
-    order = EpochOrder(sum(sizes), seed=4, block_sizes=sizes)
+    sizes = [rng.choice([0, 1, 10, 300, 512, 513, 3000, 9000]) for _ in range(300)]
+    order = EpochOrder(sum(sizes), seed=4, block_sizes=sizes, window=window)
     bounds = [0, *accumulate(sizes)]
     for epoch in range(3):
         blocks, starts = order.block_order(epoch), order.window_starts(epoch)
@@ -218,8 +223,8 @@ def test_a_window_is_a_piece_or_closes_at_4_blocks_or_4096_indices() -> None:
         for first, end in pairwise(starts):
             held = sorted(order.indices(epoch, first, end))
             mine = list(dict.fromkeys(order.block_of(i) for i in held))
-            if sizes[mine[0]] > CUT_ABOVE:  # a piece
-                assert len(mine) == 1 and len(held) <= PIECE_INDICES
+            if sizes[mine[0]] > window:  # a piece
+                assert len(mine) == 1 and len(held) <= window
                 assert held == list(range(held[0], held[-1] + 1))
                 if mine[0] not in pieces:  # its block's first piece
                     assert blocks[k] == mine[0]
@@ -228,20 +233,20 @@ def test_a_window_is_a_piece_or_closes_at_4_blocks_or_4096_indices() -> None:
                 pieces.setdefault(mine[0], []).append(len(held))
                 continue
             assert set(blocks[k : k + len(mine)]) == set(mine)
-            k += len(mine)
-            assert all(sizes[b] <= CUT_ABOVE for b in mine)
+            mine, k = blocks[k : k + len(mine)], k + len(mine)  # in epoch order
+            assert all(sizes[b] <= window for b in mine)
             assert held == sorted(i for b in mine for i in range(*bounds[b : b + 2]))
             assert 1 <= len(mine) <= WINDOW_BLOCKS
-            assert sum(sizes[b] for b in mine[:-1]) < WINDOW_INDICES
-            closed = len(mine) == WINDOW_BLOCKS or end - first >= WINDOW_INDICES
+            assert sum(sizes[b] for b in mine[:-1]) < window
+            closed = len(mine) == WINDOW_BLOCKS or end - first >= window
             before_piece = end < starts[-1] and (
-                sizes[order.block_of(order.index_at(epoch, end))] > CUT_ABOVE
+                sizes[order.block_of(order.index_at(epoch, end))] > window
             )
             assert closed or before_piece or end == starts[-1]
         assert k == len(blocks)
         for block, got in pieces.items():
             assert sum(got) == sizes[block] and max(got) - min(got) <= 1
-            assert len(got) == math.ceil(sizes[block] / PIECE_INDICES)
+            assert len(got) == math.ceil(sizes[block] / window)
 
 
 @pytest.mark.parametrize("seed", range(4))
