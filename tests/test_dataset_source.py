@@ -25,6 +25,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 import dataset_source  # noqa: E402
 import stream_encoders as enc  # noqa: E402
+from data_simulator import SampleStream  # noqa: E402
 from dataset_source import index_bytes_per_document, load_dataset  # noqa: E402
 from sample_sources import encode_chunk, load_source  # noqa: E402
 
@@ -153,6 +154,35 @@ def test_word_chunks_across_files_and_row_groups(tmp_path: Path) -> None:
     again = load_dataset(str(spec))  # the counts come from the cache
     assert (again.files_counted, again.files_cached) == (0, 2)
     assert again.samples_json([5, 0]) == source.samples_json([5, 0])
+
+
+def test_word_chunks_are_shuffled_a_few_documents_at_a_time(tmp_path: Path) -> None:
+    # One row group of 40 documents gives 800 chunks: shuffled in windows of
+    # CHUNK_WINDOW (two pieces of 400 consecutive chunks, 20 documents each),
+    # so that a worker's task splits few documents that other tasks split too.
+    (tmp_path / "data").mkdir()
+    pq.write_table(
+        pa.table({"text": [document(d, 200) for d in range(40)]}),
+        tmp_path / "data" / "one.parquet",
+    )
+    spec = write_spec(
+        tmp_path,
+        "files: data/*.parquet\noutputs:\n"
+        "  text_output: {type: sequence, column: text, chunk_words: 10}\n",
+    )
+    source = load_dataset(str(spec))
+    assert source.block_sizes == [800]
+    assert source.shuffle_window == dataset_source.CHUNK_WINDOW == 512
+    stream = SampleStream.for_source(source, shuffle=True, seed=5)
+    epoch = stream.peek(800)
+    assert sorted(epoch) == list(range(800)) and epoch != sorted(epoch)
+    halves = sorted([sorted(epoch[:400]), sorted(epoch[400:])])
+    assert halves == [list(range(400)), list(range(400, 800))]
+    rows = write_spec(
+        tmp_path,
+        "files: data/*.parquet\noutputs:\n  t: {type: sequence, column: text}\n",
+    )
+    assert load_dataset(str(rows)).shuffle_window is None  # the default window
 
 
 def test_min_words_decides_the_tail(tmp_path: Path) -> None:

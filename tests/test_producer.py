@@ -466,6 +466,27 @@ async def test_read_ahead_left_behind_by_a_rewind_leaves_the_queue() -> None:
     producer.close()
 
 
+async def test_a_request_that_waits_for_read_ahead_is_not_a_miss() -> None:
+    # Workers behind is no rewind: the next prefetch leaves the read-ahead as
+    # it is (a miss would look at all of it again and queue the one request's
+    # worth of indices past it as a chunk of its own, every request).
+    source = SimulatedHealthData(seed=0)
+    stream = SampleStream.for_source(source)
+    engine = HeldEngine(source)
+    producer = SampleProducer(engine, read_ahead=64)  # 8 chunks of 8
+    producer.prefetch(stream.peek)
+    request = asyncio.ensure_future(producer.message(stream.take("c", 8)))
+    await settle()
+    queued = [chunk.indices for chunk in producer._queue]
+    producer.prefetch(stream.peek)  # the request waits for chunk 0..7 at work
+    assert [chunk.indices for chunk in producer._queue] == queued
+    assert len(engine.tasks) == 2
+    engine.finish(0)
+    _, served = await asyncio.wait_for(request, 5)
+    assert served == 8
+    producer.close()
+
+
 async def test_epochs_smaller_than_a_batch_serve_every_index_again_each_epoch() -> None:
     # The read-ahead sees the same index again in the next epoch; a batch
     # larger than an epoch holds an index more than once.
