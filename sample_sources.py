@@ -40,6 +40,8 @@ class SampleSource(Protocol):
     * optionally `indices_of(sample_ids)`: the same for a whole list at once,
       as a set of the indices found (EIR can send hundreds of thousands of
       validation ids in one message; without it, `index_of` is called per id).
+    * optionally, for `--shuffle`, `block_sizes` and `shuffle_window` (see
+      `SampleStream.for_source` in data_simulator.py).
     """
 
     num_samples: int | None

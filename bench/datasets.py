@@ -296,6 +296,7 @@ def in_process_costs(
         return [order.index_at(0, i % n) for i in range(start, stop)]
 
     costs = {
+        **splitting_costs(text_spec.parent / "data"),
         "text": seconds_per_sample(text.samples_json, in_order, 1024, seconds),
         "shuffled": seconds_per_sample(text.samples_json, shuffled, 1024, seconds),
         "json_bytes": statistics.fmean(
@@ -314,6 +315,56 @@ def in_process_costs(
         len(t) for t in images.samples_json(range(min(m, 32)))
     )
     images.close()
+    return costs
+
+
+def splitting_costs(data: Path) -> dict[str, float]:
+    """Seconds per word chunk (CHUNK_WORDS words) of cutting the documents of
+    one row group into chunks, best of 3: Python's str.split and str.join,
+    as dataset_source.py does, and pyarrow.compute's utf8_split_whitespace
+    and binary_join (the same chunks, made in Arrow's C++), each from the
+    Arrow column to Python strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    first = sorted(data.glob("*.parquet"))[0]
+    group = pq.ParquetFile(first).read_row_group(0, columns=["text"])
+    texts = group.column("text").combine_chunks()
+
+    def python() -> list[str]:
+        out: list[str] = []
+        for text in texts.to_pylist():
+            words = text.split()
+            out += [
+                " ".join(words[at : at + CHUNK_WORDS])
+                for at in range(0, len(words), CHUNK_WORDS)
+            ]
+        return out
+
+    def arrow() -> list[str]:
+        words = pc.utf8_split_whitespace(texts)
+        ends, total = [0], 0
+        for count in pc.list_value_length(words).to_pylist():
+            ends += [
+                total + min(at + CHUNK_WORDS, count)
+                for at in range(0, count, CHUNK_WORDS)
+            ]
+            total += count
+        lists = pa.ListArray.from_arrays(pa.array(ends, pa.int32()), words.flatten())
+        return pc.binary_join(lists, " ").to_pylist()
+
+    chunks = python()
+    if arrow() != chunks:
+        raise RuntimeError("pyarrow's word chunks differ from Python's")
+    costs = {}
+    for name, cut in (("split_python", python), ("split_arrow", arrow)):
+        best = float("inf")
+        for _ in range(3):
+            began = time.perf_counter()
+            cut()
+            best = min(best, time.perf_counter() - began)
+        costs[name] = best / len(chunks)
     return costs
 
 
@@ -581,6 +632,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "word chunks in this process, index order / shuffled (baseline)",
             f"{costs['text'] * 1e6:.1f} / {costs['shuffled'] * 1e6:.1f} us/sample "
             f"({costs['json_bytes']:,.0f} bytes of JSON each)",
+        ),
+        row(
+            "cutting one row group's documents into word chunks in this process: "
+            "str.split + str.join / pyarrow.compute (baseline)",
+            f"{costs['split_python'] * 1e6:.2f} / {costs['split_arrow'] * 1e6:.2f} "
+            "us/chunk",
         ),
         row(
             f"{text_name}: canned bytes (ceiling server)",
