@@ -19,9 +19,9 @@ together (`window`, `WINDOW_INDICES` by default). Each epoch:
    the block stands (one RNG, "<seed>:<epoch>:pieces", taken by those blocks
    in the epoch's order);
 3. cuts that order into *windows*: a piece is a window of its own; other
-   blocks gather into a window that closes at `WINDOW_BLOCKS` blocks, or as
-   soon as it holds W indices, or where a piece comes next (the last window
-   of an epoch may hold less);
+   blocks gather into windows of at most `WINDOW_BLOCKS` blocks and W
+   indices (a window closes at `WINDOW_BLOCKS` blocks, before a block that
+   would take it past W, and before a piece);
 4. shuffles the indices within each window (RNG "<seed>:<epoch>:window:<w>").
 
 A large block is thus read in one go (its pieces stay together) but mixed a
@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, compress, pairwise
 
 BLOCK_SIZE = 1024  # indices per block when the source names no blocks
-WINDOW_BLOCKS = 4  # a window of whole blocks closes at this many blocks ...
-WINDOW_INDICES = 4096  # ... or as soon as it holds this many (the default W)
+WINDOW_BLOCKS = 4  # a window holds at most this many blocks ...
+WINDOW_INDICES = 4096  # ... and this many indices (the default W)
 CACHED_INDICES = 1 << 16  # window indices kept (the two newest windows always)
 CACHED_EPOCHS = 3  # epoch layouts kept: a peek can reach past the current one
 
@@ -218,11 +218,13 @@ class EpochOrder:
                     count = 1
                     close()
                 continue
+            if held + size > most:
+                close()
             parts.append((lo, lo + size))
             position += size
             held += size
             count += 1
-            if count == WINDOW_BLOCKS or held >= most:
+            if count == WINDOW_BLOCKS:
                 close()
         close()
         layout = self._layouts[epoch] = _Layout(blocks, parts, starts, firsts)

@@ -38,8 +38,7 @@ def reference_epoch(
     """The documented recipe, written out plainly: shuffle the non-empty
     blocks; cut a block of over `window` indices into pieces of at most that,
     shuffled in place, each piece a window; gather the other blocks into
-    windows closed at 4 blocks, `window` indices or a piece; shuffle each
-    window."""
+    windows of at most 4 blocks and `window` indices; shuffle each window."""
     starts = [0, *accumulate(sizes)]
     blocks = [b for b, size in enumerate(sizes) if size]
     random.Random(f"{seed}:{epoch}:blocks").shuffle(blocks)
@@ -57,9 +56,10 @@ def reference_epoch(
             windows += [[range(a, b)] for a, b in pieces]
             windows.append([])
             continue
+        if sum(len(part) for part in windows[-1]) + size > window:
+            windows.append([])
         windows[-1].append(range(lo, lo + size))
-        held = sum(len(part) for part in windows[-1])
-        if len(windows[-1]) == WINDOW_BLOCKS or held >= window:
+        if len(windows[-1]) == WINDOW_BLOCKS:
             windows.append([])
     out: list[int] = []
     for w, window in enumerate(w for w in windows if w):
@@ -206,11 +206,11 @@ def test_any_run_of_1000_positions_touches_at_most_8_default_blocks() -> None:
 
 
 @pytest.mark.parametrize("window", [WINDOW_INDICES, 512])
-def test_a_window_is_a_piece_or_closes_at_4_blocks_or_w_indices(window: int) -> None:
+def test_a_window_is_a_piece_or_at_most_4_blocks_and_w_indices(window: int) -> None:
     """Each window holds either one piece of a block of over W indices
     (consecutive indices, at most W, the block's pieces side by side in the
-    epoch and within one of each other in size) or whole smaller blocks,
-    closed at 4 blocks or W indices or before a piece."""
+    epoch and within one of each other in size) or whole smaller blocks, at
+    most 4 and W indices, closed only where the next block would not fit."""
     rng = random.Random(9)
     sizes = [rng.choice([0, 1, 10, 300, 512, 513, 3000, 9000]) for _ in range(300)]
     order = EpochOrder(sum(sizes), seed=4, block_sizes=sizes, window=window)
@@ -236,13 +236,13 @@ def test_a_window_is_a_piece_or_closes_at_4_blocks_or_w_indices(window: int) -> 
             mine, k = blocks[k : k + len(mine)], k + len(mine)  # in epoch order
             assert all(sizes[b] <= window for b in mine)
             assert held == sorted(i for b in mine for i in range(*bounds[b : b + 2]))
-            assert 1 <= len(mine) <= WINDOW_BLOCKS
-            assert sum(sizes[b] for b in mine[:-1]) < window
-            closed = len(mine) == WINDOW_BLOCKS or end - first >= window
-            before_piece = end < starts[-1] and (
-                sizes[order.block_of(order.index_at(epoch, end))] > window
+            assert 1 <= len(mine) <= WINDOW_BLOCKS and end - first <= window
+            following = k < len(blocks) and sizes[blocks[k]]
+            assert (
+                len(mine) == WINDOW_BLOCKS
+                or k == len(blocks)  # the last window
+                or end - first + following > window  # the next does not fit
             )
-            assert closed or before_piece or end == starts[-1]
         assert k == len(blocks)
         for block, got in pieces.items():
             assert sum(got) == sizes[block] and max(got) - min(got) <= 1
