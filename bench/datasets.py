@@ -41,19 +41,22 @@ points into it, so the run neither reads nor fills ~/.cache/eir-stream.
 
 Baselines measured in this process in the same run: the source's own time per
 sample (word chunks in index order and in the shuffled order of epoch 0, and
-images), best of three short runs. Rates are steady state (bench/executors.py's
-`steady_rate`: samples received in the second half of each client's run over
-that half's length, summed over clients). The compared scenarios (1a-1c, and
-2's two worker counts) run in --repeats rounds, back to back within a round
-(every other round in reverse order); a ratio is the median of the rounds'
-ratios, a rate the median run's, and the starts of scenario 3 are medians over
---repeats rounds too (a fresh cache folder for each first start). This
-machine's speed drifts by tens of percent over minutes (other tenants), so
-runs compared across rounds would measure the drift. "workers busy" is the
-CPU the server's child processes got, in cores. The table is markdown, with
-the command that made it; the load average before and after says how busy the
-machine was (the clients share the machine's cores with the server and its
-workers).
+images), best of three short runs, and the time to cut one row group's
+documents into word chunks with str.split/str.join and with pyarrow.compute.
+Rates are steady state (bench/executors.py's `steady_rate`: samples received in
+the second half of each client's run over that half's length, summed over
+clients). The compared scenarios (1a-1c, and 2's two worker counts) run in
+--repeats rounds, back to back within a round (every other round in reverse
+order); a ratio is the median of the rounds' ratios, a rate the median run's,
+and the starts of scenario 3 are medians over --repeats rounds too (a fresh
+cache folder for each first start). This machine's speed drifts by tens of
+percent over minutes (other tenants), so runs compared across rounds would
+measure the drift. "workers busy" is the CPU the server's child processes got,
+in cores; the CPU lines after the table give each role's CPU per sample served,
+and the CPU a sample may take in all for the 0.5x target on this machine's
+cores. The table is markdown, with the command that made it; the load average
+before and after says how busy the machine was (the clients share the machine's
+cores with the server and its workers).
 """
 
 from __future__ import annotations
