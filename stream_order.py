@@ -16,8 +16,7 @@ together (`window`, `WINDOW_INDICES` by default). Each epoch:
 2. cuts every block of more than W indices into *pieces* of consecutive
    indices, as few as keep each within W and of sizes differing by one at
    most, and shuffles the pieces of each such block among themselves where
-   the block stands (one RNG, "<seed>:<epoch>:pieces", taken by those blocks
-   in the epoch's order);
+   the block stands (RNG "<seed>:<epoch>:pieces:<block>");
 3. cuts that order into *windows*: a piece is a window of its own; other
    blocks gather into windows of at most `WINDOW_BLOCKS` blocks and W
    indices (a window closes at `WINDOW_BLOCKS` blocks, before a block that
@@ -39,13 +38,15 @@ each, the last one shorter) and W every window but the last holds 4 blocks,
 more than 3 x 1,024 indices, so any run of up to 3,000 positions overlaps at
 most 2 windows: it touches at most 2 x `WINDOW_BLOCKS` = 8 blocks.
 
-Memory is O(number of blocks and pieces) per epoch (its order and windows,
-for the last few epochs asked about) plus the windows in use: their shuffled
-indices are made when first read and cached up to `CACHED_INDICES` indices,
-never O(n) for a whole epoch. Standard library only.
+Memory is O(number of blocks) per epoch (its block order and segments, for
+the last few epochs asked about; a cut block's pieces are worked out when it
+is used) plus the windows in use: their shuffled indices are made when first
+read and cached up to `CACHED_INDICES` indices, never O(n) for a whole
+epoch. Standard library only.
 """
 
 import random
+from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
@@ -57,17 +58,27 @@ WINDOW_BLOCKS = 4  # a window holds at most this many blocks ...
 WINDOW_INDICES = 4096  # ... and this many indices (the default W)
 CACHED_INDICES = 1 << 16  # window indices kept (the two newest windows always)
 CACHED_EPOCHS = 3  # epoch layouts kept: a peek can reach past the current one
+CACHED_CUTS = 64  # cut blocks whose pieces are kept, per epoch and block
 
 
 @dataclass(frozen=True, slots=True)
 class _Layout:
-    """One epoch's blocks and pieces in their shuffled order, cut into
-    windows. A part is a whole block or a piece of one: indices lo..hi-1."""
+    """One epoch's blocks in their shuffled order, cut into *segments*: a
+    segment is one window of whole blocks, or one block cut into pieces,
+    each piece a window. O(blocks): the pieces are worked out when used."""
 
     blocks: list[int]  # the non-empty blocks, in this epoch's order
-    parts: list[tuple[int, int]]  # (lo, hi) of each part, in this epoch's order
-    starts: list[int]  # the position of each window's first index, then n
-    firsts: list[int]  # the offset in `parts` of each window's first, then all
+    positions: array  # the position of each segment's first index, then n
+    windows: array  # the number of each segment's first window, then all
+    firsts: array  # the offset in `blocks` of each segment's first, then all
+
+
+@dataclass(frozen=True, slots=True)
+class _Pieces:
+    """The pieces of one cut block in one epoch, in the epoch's order."""
+
+    numbers: list[int]  # piece k holds lo + k*size//cuts .. lo + (k+1)*size//cuts
+    offsets: list[int]  # where each starts within the block's segment, then size
 
 
 def fixed_blocks(num_samples: int, size: int = BLOCK_SIZE) -> list[int]:
@@ -115,7 +126,10 @@ class EpochOrder:
         self.window = window
         self._block_starts = [0, *accumulate(sizes)]  # then num_samples
         self._layouts: OrderedDict[int, _Layout] = OrderedDict()
-        self._windows: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
+        self._windows: OrderedDict[tuple[int, int], tuple[int, list[int]]] = (
+            OrderedDict()
+        )
+        self._cut: OrderedDict[tuple[int, int], _Pieces] = OrderedDict()
         self._held = 0  # indices in the cached windows
 
     def __repr__(self) -> str:
@@ -130,8 +144,8 @@ class EpochOrder:
         if not 0 <= position < self.num_samples:
             raise IndexError(f"position {position} is not in 0..{self.num_samples - 1}")
         layout = self._layout(epoch)
-        w = bisect_right(layout.starts, position) - 1
-        return self._window(epoch, w, layout)[position - layout.starts[w]]
+        first, window = self._window(epoch, self._window_at(epoch, layout, position))
+        return window[position - first]
 
     def indices(self, epoch: int, start: int, stop: int) -> list[int]:
         """The indices at positions start..stop-1 of `epoch`, in order: what
@@ -143,12 +157,11 @@ class EpochOrder:
         out: list[int] = []
         if start == stop:
             return out
-        layout = self._layout(epoch)
-        starts = layout.starts
-        w = bisect_right(starts, start) - 1
+        w = self._window_at(epoch, self._layout(epoch), start)
         while start < stop:
-            first, end = starts[w], min(stop, starts[w + 1])
-            out += self._window(epoch, w, layout)[start - first : end - first]
+            first, window = self._window(epoch, w)
+            end = min(stop, first + len(window))
+            out += window[start - first : end - first]
             start, w = end, w + 1
         return out
 
@@ -164,8 +177,10 @@ class EpochOrder:
 
     def window_starts(self, epoch: int) -> list[int]:
         """The position of each window's first index in `epoch`, then
-        num_samples: window w holds positions starts[w]..starts[w+1]-1."""
-        return list(self._layout(epoch).starts)
+        num_samples: window w holds positions starts[w]..starts[w+1]-1.
+        O(windows): for tests and tools, not for serving."""
+        count = self._layout(epoch).windows[-1]
+        return [self._span(epoch, w)[0] for w in range(count)] + [self.num_samples]
 
     def held_indices(self) -> int:
         """How many indices the cached windows hold: bounded by
@@ -179,132 +194,207 @@ class EpochOrder:
 
     # -- making and caching the layout and the windows ------------------------
     def _layout(self, epoch: int) -> _Layout:
-        """Epoch `epoch`'s block order, pieces and windows, made once and
-        cached."""
+        """Epoch `epoch`'s block order and segments, made once and cached."""
         layout = self._layouts.get(epoch)
         if layout is not None:
             self._layouts.move_to_end(epoch)
             return layout
         if epoch < 0:
             raise ValueError(f"epoch must be 0 or more, got {epoch}")
-        sizes, bounds, most = self.block_sizes, self._block_starts, self.window
+        sizes, most = self.block_sizes, self.window
         blocks = [b for b, size in enumerate(sizes) if size]
         random.Random(f"{self.seed}:{epoch}:blocks").shuffle(blocks)
-        pieces_rng = random.Random(f"{self.seed}:{epoch}:pieces")
-        parts: list[tuple[int, int]] = []
-        starts, firsts = [0], [0]
+        positions, windows, firsts = array("q", [0]), array("q", [0]), array("q", [0])
         position = held = count = 0
 
-        def close() -> None:
-            nonlocal held, count
-            if count:
-                starts.append(position)
-                firsts.append(len(parts))
-                held = count = 0
+        def end_segment(taken: int, new_windows: int) -> None:
+            positions.append(position)
+            windows.append(windows[-1] + new_windows)
+            firsts.append(taken)
 
-        for block in blocks:
-            size, lo = sizes[block], bounds[block]
-            if size > most:
-                close()
-                cuts = -(-size // most)
-                pieces = [
-                    (lo + k * size // cuts, lo + (k + 1) * size // cuts)
-                    for k in range(cuts)
-                ]
-                pieces_rng.shuffle(pieces)
-                for piece in pieces:
-                    parts.append(piece)
-                    position += piece[1] - piece[0]
-                    count = 1
-                    close()
-                continue
-            if held + size > most:
-                close()
-            parts.append((lo, lo + size))
+        for k, block in enumerate(blocks):
+            size = sizes[block]
+            if count and (size > most or held + size > most):
+                end_segment(k, 1)
+                held = count = 0
             position += size
-            held += size
-            count += 1
+            if size > most:  # cut into pieces: a segment of its own
+                end_segment(k + 1, -(-size // most))
+                continue
+            held, count = held + size, count + 1
             if count == WINDOW_BLOCKS:
-                close()
-        close()
-        layout = self._layouts[epoch] = _Layout(blocks, parts, starts, firsts)
+                end_segment(k + 1, 1)
+                held = count = 0
+        if count:
+            end_segment(len(blocks), 1)
+        layout = self._layouts[epoch] = _Layout(blocks, positions, windows, firsts)
         if len(self._layouts) > CACHED_EPOCHS:
             self._layouts.popitem(last=False)
         return layout
 
-    def _window(self, epoch: int, w: int, layout: _Layout) -> list[int]:
-        """The indices of window `w` of `epoch` in their shuffled order, made
-        when first asked for and kept while the cache has room."""
+    def _pieces(self, epoch: int, block: int) -> _Pieces:
+        """The pieces of a block of more than `window` indices in `epoch`, in
+        their shuffled order (RNG "<seed>:<epoch>:pieces:<block>")."""
+        key = (epoch, block)
+        pieces = self._cut.get(key)
+        if pieces is not None:
+            self._cut.move_to_end(key)
+            return pieces
+        size = self.block_sizes[block]
+        cuts = -(-size // self.window)
+        numbers = list(range(cuts))
+        random.Random(f"{self.seed}:{epoch}:pieces:{block}").shuffle(numbers)
+        lengths = ((k + 1) * size // cuts - k * size // cuts for k in numbers)
+        pieces = self._cut[key] = _Pieces(numbers, [0, *accumulate(lengths)])
+        if len(self._cut) > CACHED_CUTS:
+            self._cut.popitem(last=False)
+        return pieces
+
+    def _window_at(self, epoch: int, layout: _Layout, position: int) -> int:
+        """The number of the window that holds `position` of `epoch`."""
+        s = bisect_right(layout.positions, position) - 1
+        block = layout.blocks[layout.firsts[s]]
+        if self.block_sizes[block] <= self.window:
+            return layout.windows[s]
+        offsets = self._pieces(epoch, block).offsets
+        return (
+            layout.windows[s]
+            + bisect_right(offsets, position - layout.positions[s])
+            - 1
+        )
+
+    def _span(self, epoch: int, w: int) -> tuple[int, list[range]]:
+        """(the position of window `w`'s first index in `epoch`, the ranges
+        of indices it holds)."""
+        layout = self._layout(epoch)
+        s = bisect_right(layout.windows, w) - 1  # its segment
+        first, bounds = layout.firsts[s], self._block_starts
+        block = layout.blocks[first]
+        size = self.block_sizes[block]
+        if size <= self.window:
+            blocks = layout.blocks[first : layout.firsts[s + 1]]
+            return layout.positions[s], [
+                range(bounds[b], bounds[b + 1]) for b in blocks
+            ]
+        pieces, j = self._pieces(epoch, block), w - layout.windows[s]
+        k, cuts, lo = pieces.numbers[j], len(pieces.numbers), bounds[block]
+        piece = range(lo + k * size // cuts, lo + (k + 1) * size // cuts)
+        return layout.positions[s] + pieces.offsets[j], [piece]
+
+    def _window(self, epoch: int, w: int) -> tuple[int, list[int]]:
+        """(the position of window `w`'s first index, its indices in their
+        shuffled order), made when first asked for and kept while the cache
+        has room."""
         key = (epoch, w)
-        window = self._windows.get(key)
-        if window is not None:
+        cached = self._windows.get(key)
+        if cached is not None:
             self._windows.move_to_end(key)
-            return window
-        parts = layout.parts[layout.firsts[w] : layout.firsts[w + 1]]
-        window = list(chain.from_iterable(range(lo, hi) for lo, hi in parts))
+            return cached
+        first, ranges = self._span(epoch, w)
+        window = list(chain.from_iterable(ranges))
         random.Random(f"{self.seed}:{epoch}:window:{w}").shuffle(window)
-        self._windows[key] = window
+        self._windows[key] = (first, window)
         self._held += len(window)
         while self._held > CACHED_INDICES and len(self._windows) > 2:
-            _, dropped = self._windows.popitem(last=False)
+            _, (_, dropped) = self._windows.popitem(last=False)
             self._held -= len(dropped)
-        return window
+        return first, window
 
 
 class SkipCounts:
     """How many indices of a fixed set (the validation ids) sit at or after a
     position of an epoch of an `EpochOrder`, without a pass over the epoch.
 
-    An epoch's counts per window come from bisecting the sorted set at the
-    bounds of its blocks and pieces, in O(parts x log(set)); within a window,
-    the positions of the set's indices come from the window's cached order
-    and are kept for the last few windows asked about.
+    The set is counted per block once (a bisect per block boundary in the
+    sorted set); an epoch's counts per segment follow from its block order,
+    in O(blocks); a cut block's per piece, from bisects at its pieces'
+    bounds when it is used; within a window, the positions of the set's
+    indices come from the window's cached order and are kept for the last
+    few windows asked about.
     """
 
     def __init__(self, order: EpochOrder, skip: Collection[int]) -> None:
         self._order = order
         self._skip = skip
         ordered = sorted(i for i in skip if 0 <= i < order.num_samples)
+        cuts = [bisect_left(ordered, start) for start in order._block_starts]
+        self._per_block = [b - a for a, b in pairwise(cuts)]
         self._ordered = ordered
         self.total = len(ordered)  # the set's indices within 0..num_samples-1
         self._suffixes: OrderedDict[int, list[int]] = OrderedDict()
+        self._piece_suffixes: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
         self._offsets: OrderedDict[tuple[int, int], list[int]] = OrderedDict()
 
     def count_from(self, epoch: int, position: int) -> int:
         """How many of the set's indices sit at positions position..n-1 of
         `epoch`."""
+        order = self._order
         if position <= 0:
             return self.total
-        if position >= self._order.num_samples or not self.total:
+        if position >= order.num_samples or not self.total:
             return 0
-        layout = self._order._layout(epoch)
-        w = bisect_right(layout.starts, position) - 1
+        layout = order._layout(epoch)
+        s = bisect_right(layout.positions, position) - 1
         suffix = self._suffix(epoch, layout)
-        later = suffix[w + 1]  # in the windows after w
-        if suffix[w] == later:  # none in window w
+        later = suffix[s + 1]  # in the segments after s
+        if suffix[s] == later:  # none in segment s
             return later
-        offsets = self._window_offsets(epoch, w, layout)
-        return later + len(offsets) - bisect_left(offsets, position - layout.starts[w])
+        w = order._window_at(epoch, layout, position)
+        block = layout.blocks[layout.firsts[s]]
+        if order.block_sizes[block] > order.window:  # in the pieces after w's
+            pieces = self._piece_suffix(epoch, block)
+            j = w - layout.windows[s]
+            later += pieces[j + 1]
+            if pieces[j] == pieces[j + 1]:  # none in window w
+                return later
+        first, window = order._window(epoch, w)
+        offsets = self._window_offsets(epoch, w, window)
+        return later + len(offsets) - bisect_left(offsets, position - first)
 
     def _suffix(self, epoch: int, layout: _Layout) -> list[int]:
-        """For each window w of `epoch`, the set's indices in windows w.. on
-        (one more entry, 0, past the last window)."""
+        """For each segment of `epoch`, the set's indices in it and the
+        segments after it (one more entry, 0, past the last segment)."""
         suffix = self._suffixes.get(epoch)
         if suffix is not None:
             self._suffixes.move_to_end(epoch)
             return suffix
-        ordered, parts, firsts = self._ordered, layout.parts, layout.firsts
-        per_part = [
-            bisect_left(ordered, hi) - bisect_left(ordered, lo) for lo, hi in parts
+        per_block, blocks = self._per_block, layout.blocks
+        per_segment = [
+            sum(per_block[b] for b in blocks[a:z]) for a, z in pairwise(layout.firsts)
         ]
-        per_window = [sum(per_part[a:b]) for a, b in pairwise(firsts)]
-        suffix = [*reversed([0, *accumulate(reversed(per_window))])]
+        suffix = [*reversed([0, *accumulate(reversed(per_segment))])]
         self._suffixes[epoch] = suffix
         if len(self._suffixes) > CACHED_EPOCHS:
             self._suffixes.popitem(last=False)
         return suffix
 
-    def _window_offsets(self, epoch: int, w: int, layout: _Layout) -> list[int]:
+    def _piece_suffix(self, epoch: int, block: int) -> list[int]:
+        """For each piece of a cut block in `epoch`'s order, the set's indices
+        in it and the pieces after it (then 0)."""
+        key = (epoch, block)
+        suffix = self._piece_suffixes.get(key)
+        if suffix is not None:
+            self._piece_suffixes.move_to_end(key)
+            return suffix
+        order, ordered = self._order, self._ordered
+        numbers = order._pieces(epoch, block).numbers
+        size, cuts, lo = (
+            order.block_sizes[block],
+            len(numbers),
+            order._block_starts[block],
+        )
+        per_piece = [
+            bisect_left(ordered, lo + (k + 1) * size // cuts)
+            - bisect_left(ordered, lo + k * size // cuts)
+            for k in numbers
+        ]
+        suffix = [*reversed([0, *accumulate(reversed(per_piece))])]
+        self._piece_suffixes[key] = suffix
+        if len(self._piece_suffixes) > CACHED_CUTS:
+            self._piece_suffixes.popitem(last=False)
+        return suffix
+
+    def _window_offsets(self, epoch: int, w: int, window: list[int]) -> list[int]:
         """The offsets within window `w` of `epoch` that hold the set's
         indices, in order."""
         key = (epoch, w)
@@ -312,7 +402,6 @@ class SkipCounts:
         if offsets is not None:
             self._offsets.move_to_end(key)
             return offsets
-        window = self._order._window(epoch, w, layout)
         hits = map(self._skip.__contains__, window)
         offsets = self._offsets[key] = list(compress(range(len(window)), hits))
         if len(self._offsets) > 2 * CACHED_EPOCHS:
