@@ -771,6 +771,8 @@ class DatasetSource:
         dropped into that template. This is the loop run for every word chunk
         served, hence the comprehension."""
         made: list[str] = []
+        if ascending:  # the rest are checked a document at a time below
+            self._locate(ascending[-1])
         starts = self.index.sample_start
         escape = encode_basestring_ascii
         size = self._chunked.chunk_words if self._chunked else 0

@@ -185,6 +185,19 @@ def test_word_chunks_are_shuffled_a_few_documents_at_a_time(tmp_path: Path) -> N
     assert load_dataset(str(rows)).shuffle_window is None  # the default window
 
 
+def test_a_capped_corpus_refuses_chunks_past_its_cap(tmp_path: Path) -> None:
+    # --max-iterations may end an epoch inside a document: its later chunks
+    # are not samples, even asked for together with the earlier ones.
+    texts = write_documents(tmp_path)
+    spec = write_spec(tmp_path, CHUNK_SPEC % 20)
+    source = load_dataset(str(spec), max_iterations=2)  # r1c0, r1c1 of r1's 3
+    assert [source.sample_id(i) for i in range(2)] == ["r1c0", "r1c1"]
+    assert len(source.samples_json([1, 0])) == 2
+    with pytest.raises(IndexError, match=r"sample index 2 is not in 0\.\.1"):
+        source.samples_json([0, 2])
+    assert len(texts[1].split()) > 2 * 512
+
+
 def test_min_words_decides_the_tail(tmp_path: Path) -> None:
     texts = write_documents(tmp_path)
     spec = write_spec(tmp_path, CHUNK_SPEC % 100)
