@@ -854,8 +854,9 @@ class DatasetSource:
         and another task, on another worker maybe, the rest. A task makes
         its samples in index order, so it splits each document once."""
         assert self._chunked is not None
-        if self._last_document[0] == row:
-            return self._last_document[1]
+        last, words = self._last_document  # one read: Dask runs tasks in threads
+        if last == row:
+            return words
         words = arrays[str(self._chunked.column)][row_in_block].as_py().split()
         self._last_document = (row, words)
         return words
