@@ -771,7 +771,7 @@ class DatasetSource:
         dropped into that template. This is the loop run for every word chunk
         served, hence the comprehension."""
         made: list[str] = []
-        if ascending:  # the rest are checked a document at a time below
+        if ascending:  # in range: the last here, each document's first below
             self._locate(ascending[-1])
         starts = self.index.sample_start
         escape = encode_basestring_ascii
@@ -780,10 +780,9 @@ class DatasetSource:
         while at < count:
             block, row_in_block, row, _ = self._locate(ascending[at])
             prefix = self._prefix(block)
-            first = starts[block] + prefix[row_in_block]
-            stop = bisect_left(
-                ascending, first + prefix[row_in_block + 1] - prefix[row_in_block], at
-            )
+            first = starts[block] + prefix[row_in_block]  # the document's chunk 0
+            end = starts[block] + prefix[row_in_block + 1]
+            stop = bisect_left(ascending, end, at)
             numbers = [index - first for index in ascending[at:stop]]
             arrays, _ = self._block(block)
             words = self._document_words_of(arrays, row_in_block, row)
