@@ -43,9 +43,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import astuple, dataclass
-from itertools import accumulate, islice
+from itertools import accumulate
 from json.encoder import encode_basestring_ascii
-from operator import le
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +65,7 @@ from dataset_spec import (
     require,
     resolve_files,
 )
+from sample_sources import in_index_order
 from stream_encoders import (
     NESTED_OUTPUT_TYPES,
     build_sample,
@@ -722,14 +722,7 @@ class DatasetSource:
         index order (shuffled indices then read each block and document in
         one go) and returned in the order asked."""
         make = self._chunks_json if self._by_document else self._samples_json
-        if all(map(le, indices, islice(indices, 1, None))):  # (encode_chunk's)
-            return make(list(indices))
-        order = sorted(range(len(indices)), key=indices.__getitem__)
-        made = make([indices[at] for at in order])
-        texts = [""] * len(indices)
-        for at, text in zip(order, made, strict=True):
-            texts[at] = text
-        return texts
+        return in_index_order(make, indices)
 
     def _samples_json(self, ascending: list[int]) -> list[str]:
         return [self._sample_json(index) for index in ascending]

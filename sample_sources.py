@@ -19,8 +19,8 @@ import os
 import pkgutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from functools import cache
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache, partial
 from itertools import accumulate, islice, repeat
 from operator import add, le
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -290,27 +290,49 @@ def encode_chunk(source: SampleSource, indices: Sequence[int]) -> MadeChunk:
     """
     started = time.perf_counter()
     failures: dict[int, str] = {}
-    count = len(indices)
-    if all(map(le, indices, islice(indices, 1, None))):
-        pieces: list[bytes] = []
-        offsets: list[int] = [0]
-        for at in range(0, count, ENCODE_SLICE):
+    pieces: list[bytes] = []
+    offsets: list[int] = [0]
+    if is_ascending(indices):
+        for at in range(0, len(indices), ENCODE_SLICE):
             texts = _make_texts(source, indices[at : at + ENCODE_SLICE], failures)
             _encode_texts(texts, pieces, offsets)
-        return MadeChunk(
-            b"".join(pieces), offsets, failures, time.perf_counter() - started
-        )
-    order = sorted(range(count), key=indices.__getitem__)
-    asked: list[str] = [""] * count
-    for at in range(0, count, ENCODE_SLICE):
-        positions = order[at : at + ENCODE_SLICE]
-        texts = _make_texts(source, [indices[p] for p in positions], failures)
-        for position, text in zip(positions, texts, strict=True):
-            asked[position] = text
-    pieces, offsets = [], [0]
-    for at in range(0, count, ENCODE_SLICE):
-        _encode_texts(asked[at : at + ENCODE_SLICE], pieces, offsets)
+    else:
+        asked = in_index_order(partial(_make_all_texts, source, failures), indices)
+        for at in range(0, len(asked), ENCODE_SLICE):
+            _encode_texts(asked[at : at + ENCODE_SLICE], pieces, offsets)
     return MadeChunk(b"".join(pieces), offsets, failures, time.perf_counter() - started)
+
+
+def is_ascending(indices: Sequence[int]) -> bool:
+    """Whether each index is at least the one before it."""
+    return all(map(le, indices, islice(indices, 1, None)))
+
+
+def in_index_order(
+    make: Callable[[list[int]], list[str]], indices: Sequence[int]
+) -> list[str]:
+    """`make(ascending)`, one result per index, asked for the indices in
+    ascending order and returned in the order of `indices`: a source that
+    reads blocks and rows then reads each once, however they are shuffled."""
+    if is_ascending(indices):
+        return make(list(indices))
+    order = sorted(range(len(indices)), key=indices.__getitem__)
+    made = make([indices[at] for at in order])
+    out = [""] * len(indices)
+    for at, text in zip(order, made, strict=True):
+        out[at] = text
+    return out
+
+
+def _make_all_texts(
+    source: SampleSource, failures: dict[int, str], ascending: list[int]
+) -> list[str]:
+    """`_make_texts` of `ascending`, ENCODE_SLICE indices at a time."""
+    return [
+        text
+        for at in range(0, len(ascending), ENCODE_SLICE)
+        for text in _make_texts(source, ascending[at : at + ENCODE_SLICE], failures)
+    ]
 
 
 def _make_texts(
