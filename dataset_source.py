@@ -611,13 +611,12 @@ class DatasetSource:
         self._last_document: tuple[int, list[str]] = (-1, [])
         self._warned = False  # about a block larger than the cache
         self._chunked = spec.chunked
-        self._chunked_column = spec.chunked.column if spec.chunked else None
         # Word chunks are made a document at a time (`_chunks_json`) when the
         # chunked column feeds sequence entries only, whose value is the text.
         self._by_document = spec.chunked is not None and all(
             entry.type == "sequence"
             for entry in spec.entries
-            if self._chunked_column in entry.reads
+            if spec.chunked.column in entry.reads
         )
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._info = self._dataset_info()
@@ -700,17 +699,12 @@ class DatasetSource:
             if chunk is None
             else self._chunk_text(arrays, row_in_block, row, chunk)
         )
-        folder = posixpath.dirname(self.files[self.index.block_file[block]].url)
+        folder = self._folder(block)
         encoded: dict[str, dict[str, Any]] = {"inputs": {}, "outputs": {}}
         for entry in self.spec.entries:
-            try:
-                value = self._value(entry, arrays, row_in_block, chunk_text, folder)
-            except Exception as exc:
-                raise ValueError(
-                    f"sample {sample_id}: {entry.where}: {type(exc).__name__}: "
-                    f"{one_line(exc)}"
-                ) from exc
-            encoded[entry.side][entry.name] = value
+            encoded[entry.side][entry.name] = self._value(
+                entry, arrays, row_in_block, chunk_text, folder, sample_id
+            )
         return sample_id, encoded
 
     def samples(self, indices: Sequence[int]) -> list[dict[str, Any]]:
@@ -767,8 +761,8 @@ class DatasetSource:
         if ascending:  # in range: the last here, each document's first below
             self._locate(ascending[-1])
         starts = self.index.sample_start
-        escape = encode_basestring_ascii
-        size = self._chunked.chunk_words if self._chunked else 0
+        assert self._chunked is not None and self._chunked.chunk_words
+        escape, size = encode_basestring_ascii, self._chunked.chunk_words
         at, count = 0, len(ascending)
         while at < count:
             block, row_in_block, row, _ = self._locate(ascending[at])
@@ -793,19 +787,14 @@ class DatasetSource:
     ) -> list[str]:
         """The JSON of a word chunk of this row up to its id, cut where the
         chunk's text goes (`_sample_json` = text.join(parts) + id + "}")."""
-        folder = posixpath.dirname(self.files[self.index.block_file[block]].url)
+        assert self._chunked is not None
+        folder, chunked = self._folder(block), self._chunked.column
         values: dict[str, dict[str, str]] = {"inputs": {}, "outputs": {}}
         for entry in self.spec.entries:
-            if entry.type == "sequence" and entry.column == self._chunked_column:
+            if entry.type == "sequence" and entry.column == chunked:
                 values[entry.side][entry.name] = CHUNK_MARK
                 continue
-            try:
-                value = self._value(entry, arrays, row_in_block, None, folder)
-            except Exception as exc:
-                raise ValueError(
-                    f"sample {sample_id}: {entry.where}: {type(exc).__name__}: "
-                    f"{one_line(exc)}"
-                ) from exc
+            value = self._value(entry, arrays, row_in_block, None, folder, sample_id)
             values[entry.side][entry.name] = self._dump(value)
         return self._json_up_to_id(values).split(CHUNK_MARK)
 
@@ -860,7 +849,10 @@ class DatasetSource:
         row: int,
         chunk_text: str | None,
         folder: str,
+        sample_id: str,
     ) -> Any:
+        """The encoded value of `entry` for one row (`chunk_text` in place of
+        the chunked column's); a failure names the sample and the entry."""
         chunked = self._chunked.column if self._chunked else None
 
         def cell(column: str) -> Any:
@@ -868,7 +860,17 @@ class DatasetSource:
                 return chunk_text
             return arrays[column][row].as_py()
 
-        return encode_entry(entry, cell, self._shapes.get(entry.where), folder)
+        try:
+            return encode_entry(entry, cell, self._shapes.get(entry.where), folder)
+        except Exception as exc:
+            raise ValueError(
+                f"sample {sample_id}: {entry.where}: {type(exc).__name__}: "
+                f"{one_line(exc)}"
+            ) from exc
+
+    def _folder(self, block: int) -> str:
+        """The folder of a block's data file (images may be paths within it)."""
+        return posixpath.dirname(self.files[self.index.block_file[block]].url)
 
     # --------------------------------------------------------------- blocks
     def _prefix(self, block: int) -> array:
