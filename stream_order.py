@@ -77,7 +77,7 @@ class _Layout:
 class _Pieces:
     """The pieces of one cut block in one epoch, in the epoch's order."""
 
-    numbers: list[int]  # piece k holds lo + k*size//cuts .. lo + (k+1)*size//cuts
+    ranges: list[range]  # the indices of each piece
     offsets: list[int]  # where each starts within the block's segment, then size
 
 
@@ -240,12 +240,14 @@ class EpochOrder:
         if pieces is not None:
             self._cut.move_to_end(key)
             return pieces
-        size = self.block_sizes[block]
+        size, lo = self.block_sizes[block], self._block_starts[block]
         cuts = -(-size // self.window)
-        numbers = list(range(cuts))
-        random.Random(f"{self.seed}:{epoch}:pieces:{block}").shuffle(numbers)
-        lengths = ((k + 1) * size // cuts - k * size // cuts for k in numbers)
-        pieces = self._cut[key] = _Pieces(numbers, [0, *accumulate(lengths)])
+        ranges = [
+            range(lo + k * size // cuts, lo + (k + 1) * size // cuts)
+            for k in range(cuts)
+        ]
+        random.Random(f"{self.seed}:{epoch}:pieces:{block}").shuffle(ranges)
+        pieces = self._cut[key] = _Pieces(ranges, [0, *accumulate(map(len, ranges))])
         if len(self._cut) > CACHED_CUTS:
             self._cut.popitem(last=False)
         return pieces
@@ -277,9 +279,7 @@ class EpochOrder:
                 range(bounds[b], bounds[b + 1]) for b in blocks
             ]
         pieces, j = self._pieces(epoch, block), w - layout.windows[s]
-        k, cuts, lo = pieces.numbers[j], len(pieces.numbers), bounds[block]
-        piece = range(lo + k * size // cuts, lo + (k + 1) * size // cuts)
-        return layout.positions[s] + pieces.offsets[j], [piece]
+        return layout.positions[s] + pieces.offsets[j], [pieces.ranges[j]]
 
     def _window(self, epoch: int, w: int) -> tuple[int, list[int]]:
         """(the position of window `w`'s first index, its indices in their
@@ -376,17 +376,10 @@ class SkipCounts:
         if suffix is not None:
             self._piece_suffixes.move_to_end(key)
             return suffix
-        order, ordered = self._order, self._ordered
-        numbers = order._pieces(epoch, block).numbers
-        size, cuts, lo = (
-            order.block_sizes[block],
-            len(numbers),
-            order._block_starts[block],
-        )
+        ordered = self._ordered
         per_piece = [
-            bisect_left(ordered, lo + (k + 1) * size // cuts)
-            - bisect_left(ordered, lo + k * size // cuts)
-            for k in numbers
+            bisect_left(ordered, piece.stop) - bisect_left(ordered, piece.start)
+            for piece in self._order._pieces(epoch, block).ranges
         ]
         suffix = [*reversed([0, *accumulate(reversed(per_piece))])]
         self._piece_suffixes[key] = suffix
