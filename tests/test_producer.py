@@ -417,16 +417,24 @@ class HeldEngine:
     def close(self) -> None: ...
 
 
+def held_producer() -> tuple[SampleStream, HeldEngine, SampleProducer]:
+    """The simulator's stream, a `HeldEngine` and a producer reading 64 ahead."""
+    source = SimulatedHealthData(seed=0)
+    engine = HeldEngine(source)
+    return (
+        SampleStream.for_source(source),
+        engine,
+        SampleProducer(engine, read_ahead=64),
+    )
+
+
 async def settle() -> None:
     for _ in range(5):  # a finished task reaches the loop through call_soon
         await asyncio.sleep(0)
 
 
 async def test_a_request_s_own_queued_chunk_goes_ahead_of_read_ahead() -> None:
-    source = SimulatedHealthData(seed=0)
-    stream = SampleStream.for_source(source)
-    engine = HeldEngine(source)
-    producer = SampleProducer(engine, read_ahead=64)  # 8 chunks of 8
+    stream, engine, producer = held_producer()  # 8 chunks of 8
     producer.prefetch(stream.peek)
     assert [indices for indices, _ in engine.tasks] == [list(range(8)), [*range(8, 16)]]
     request = asyncio.ensure_future(producer.message(list(range(48, 56))))
@@ -442,10 +450,7 @@ async def test_a_request_s_own_queued_chunk_goes_ahead_of_read_ahead() -> None:
 
 
 async def test_read_ahead_left_behind_by_a_rewind_leaves_the_queue() -> None:
-    source = SimulatedHealthData(seed=0)
-    stream = SampleStream.for_source(source)
-    engine = HeldEngine(source)
-    producer = SampleProducer(engine, read_ahead=64)
+    stream, engine, producer = held_producer()
     stream.take("c", 1000)
     producer.prefetch(stream.peek)  # 1000..1063: two chunks at work, six queued
     assert producer.status()["chunks_queued"] == 6
@@ -470,10 +475,7 @@ async def test_a_request_that_waits_for_read_ahead_is_not_a_miss() -> None:
     # Workers behind is no rewind: the next prefetch leaves the read-ahead as
     # it is (a miss would look at all of it again and queue the one request's
     # worth of indices past it as a chunk of its own, every request).
-    source = SimulatedHealthData(seed=0)
-    stream = SampleStream.for_source(source)
-    engine = HeldEngine(source)
-    producer = SampleProducer(engine, read_ahead=64)  # 8 chunks of 8
+    stream, engine, producer = held_producer()  # 8 chunks of 8
     producer.prefetch(stream.peek)
     request = asyncio.ensure_future(producer.message(stream.take("c", 8)))
     await settle()
