@@ -1027,6 +1027,20 @@ class ListHandler(logging.Handler):
         self.records.append(record)
 
 
+def two_ranks_a_batch_apart(stream: SampleStream, rounds: int) -> dict[str, list]:
+    """Two ranks probe, then take batches of 32, rank 0 a batch ahead (its
+    request in flight), for `rounds` rounds and 5 more tries of rank 1; the
+    batches each got."""
+    eir_probe(stream, "rank0")
+    eir_probe(stream, "rank1")
+    got: dict[str, list[list[int]]] = {"rank0": [], "rank1": []}
+    for conn in ["rank0", "rank0", *["rank1", "rank0"] * rounds, *["rank1"] * 5]:
+        batch = stream.take(conn, 32)
+        if batch is not None:
+            got[conn].append(batch)
+    return got
+
+
 def test_two_ranks_get_equal_batches_and_the_leftover_is_logged(caplog) -> None:
     """The issue's run: 1,200 samples, 100 validation ids, two ranks with
     batch 32, rank 0 a batch ahead (its request in flight): without rule 7
@@ -1034,13 +1048,7 @@ def test_two_ranks_get_equal_batches_and_the_leftover_is_logged(caplog) -> None:
     caplog.set_level(logging.INFO, logger="data_simulator")
     stream = SampleStream(1200)
     stream.set_validation_ids(ids(*range(0, 1000, 10)))
-    eir_probe(stream, "rank0")
-    eir_probe(stream, "rank1")
-    got: dict[str, list[list[int]]] = {"rank0": [], "rank1": []}
-    for conn in ["rank0", "rank0", *["rank1", "rank0"] * 40, *["rank1"] * 5]:
-        batch = stream.take(conn, 32)
-        if batch is not None:
-            got[conn].append(batch)
+    got = two_ranks_a_batch_apart(stream, 40)
     assert [len(got["rank0"]), len(got["rank1"])] == [17, 17]
     assert all(len(b) == 32 for b in got["rank0"] + got["rank1"])
     assert stream.remaining() == 1100 - 34 * 32 == 12
@@ -1369,13 +1377,7 @@ def test_two_epochs_end_with_two_ranks_level(shuffle: bool, caplog) -> None:
     caplog.set_level(logging.INFO, logger="data_simulator")
     stream = epoch_stream(1200, 2, shuffle, seed=4)
     stream.set_validation_ids(ids(*range(0, 1000, 10)))
-    eir_probe(stream, "rank0")
-    eir_probe(stream, "rank1")
-    got: dict[str, list[list[int]]] = {"rank0": [], "rank1": []}
-    for conn in ["rank0", "rank0", *["rank1", "rank0"] * 80, *["rank1"] * 5]:
-        batch = stream.take(conn, 32)
-        if batch is not None:
-            got[conn].append(batch)
+    got = two_ranks_a_batch_apart(stream, 80)
     assert [len(got["rank0"]), len(got["rank1"])] == [34, 34]
     assert all(len(b) == 32 for b in got["rank0"] + got["rank1"])
     assert stream.remaining() == 2200 - 68 * 32 == 24
