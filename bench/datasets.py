@@ -711,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def cpu(result: Result) -> str:
         total, _, run = result
-        clients = sum(r.get("cpu", 0.0) for r in run.reports)
+        clients = run.clients_cpu()
 
         def share(seconds: float) -> str:
             per_sample = seconds / run.wall / total * 1e6 if total else 0.0
@@ -724,7 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def cpu_per_sample(result: Result) -> float:
         total, _, run = result
-        clients = sum(r.get("cpu", 0.0) for r in run.reports)
+        clients = run.clients_cpu()
         used = run.server_cpu + run.workers_cpu + clients
         return used / run.wall / total * 1e6 if total else 0.0
 

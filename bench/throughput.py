@@ -349,6 +349,10 @@ class Run:
     def latencies(self) -> list[float]:
         return [x for r in self.streams() for x in r["latencies"]]
 
+    def clients_cpu(self) -> float:
+        """CPU seconds the client processes reported, in all."""
+        return sum(r.get("cpu", 0.0) for r in self.reports)
+
 
 def run_clients(
     server: Server,
@@ -676,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(rows)
 
     def cpu(run: Run) -> str:
-        clients = sum(r.get("cpu", 0.0) for r in run.reports)
+        clients = run.clients_cpu()
         return (
             f"server loop {run.server_cpu / run.wall:.0%}, workers "
             f"{run.workers_cpu / run.wall:.0%}, streaming clients "
