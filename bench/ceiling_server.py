@@ -51,7 +51,7 @@ def prebuilt(
     if dataset is None:
         source = make_source(seed=seed, sequence_length=sequence_length)
     else:
-        from dataset_source import load_dataset
+        from eirstream.datasets.source import load_dataset
 
         source = load_dataset(dataset)
     info = json.dumps({"type": "info", "payload": source.dataset_info()}).encode()

@@ -285,8 +285,8 @@ def in_process_costs(
     text_spec: Path, image_spec: Path, seconds: float
 ) -> dict[str, float]:
     """Seconds per sample of the sources in this process (made, JSON text)."""
-    from dataset_source import load_dataset
-    from stream_order import WINDOW_INDICES, EpochOrder
+    from eirstream.datasets.source import load_dataset
+    from eirstream.order import WINDOW_INDICES, EpochOrder
 
     text = load_dataset(str(text_spec))
     n = text.num_samples
@@ -419,7 +419,7 @@ def start_and_stream(
 def index_of(spec: Path, cache: Path) -> tuple[int, int, int]:
     """(index bytes, documents, blocks) of the source on `spec`, loaded in
     this process from the cache in `cache`."""
-    from dataset_source import load_dataset
+    from eirstream.datasets.source import load_dataset
 
     before = os.environ.get("EIR_STREAM_CACHE")
     os.environ["EIR_STREAM_CACHE"] = str(cache)
@@ -591,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 start_and_stream(big.spec, cache, clients, batch, seconds / 2)
             )
         index_nbytes, index_rows, index_blocks = index_of(big.spec, cache)
-        from dataset_source import index_bytes_per_document
+        from eirstream.datasets.source import index_bytes_per_document
 
         per_document = index_bytes_per_document()
         load_after = os.getloadavg()

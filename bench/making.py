@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.pool_source import make_source  # noqa: E402
-from sample_sources import encode_chunk, make_chunk  # noqa: E402
+from eirstream.tasks import encode_chunk, make_chunk  # noqa: E402
 
 POOL_SOURCE = str(ROOT / "bench" / "pool_source.py") + ":make_source"
 CHUNK = 16384

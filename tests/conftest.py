@@ -1,72 +1,11 @@
-"""Shared fixtures: a real server on an ephemeral loopback port, in a thread."""
+"""Shared fixtures, and the rule that CI's real-client tests never skip."""
 
-import asyncio
-import contextlib
 import os
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from simulation_streamer import Settings, StreamServer, parse_args  # noqa: E402
-
-
-class ServerThread:
-    """A StreamServer with its own event loop in a daemon thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = StreamServer(settings)
-        started = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(self.server.start())
-            started.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        if not started.wait(10):
-            raise RuntimeError("server did not start")
-        scheme = "wss" if settings.certfile else "ws"
-        self.url = f"{scheme}://127.0.0.1:{self.server.port}{settings.path}"
-
-    def call(self, fn, *args):
-        """Run fn(*args) on the server's loop (state is only touched there)."""
-
-        async def wrapper():
-            return fn(*args)
-
-        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
-
-    def status(self) -> dict:
-        return self.call(self.server.stream.status)
-
-    def stop(self) -> None:
-        fut = asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop)
-        with contextlib.suppress(Exception):
-            fut.result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@contextlib.contextmanager
-def running_server(**overrides) -> Iterator[ServerThread]:
-    """A server on 127.0.0.1:<free port>; in-loop generation unless workers given."""
-    settings = replace(parse_args(["--port", "0", "--workers", "0"]), **overrides)
-    server = ServerThread(settings)
-    try:
-        yield server
-    finally:
-        server.stop()
+from support.eirtrain_support import find_eirtrain
+from support.servers import ServerThread, running_server
 
 
 @pytest.fixture
@@ -86,8 +25,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     if os.environ.get("EIR_REQUIRE_CLIENT") != "1":
         return
-    from eirtrain_support import find_eirtrain
-
     if find_eirtrain() is None:
         pytest.fail(
             "EIR_REQUIRE_CLIENT=1 but eirtrain is not installed: install eir-dl "

@@ -44,9 +44,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from data_simulator import index_of_sample_id, indices_of_sample_ids, sample_id
-from stream_encoders import (
-    build_sample,
+from data_simulator import sample_id
+from eirstream.eirformat import build_sample
+from eirstream.encoders import (
     encode_array,
     encode_image,
     encode_omics,
@@ -54,6 +54,7 @@ from stream_encoders import (
     survival_row,
     tabular_row,
 )
+from eirstream.sample_ids import index_of_sample_id, indices_of_sample_ids
 
 GROUPS = ("A", "B", "C")
 GROUP_WORDS = ("alpha", "beta", "gamma")

@@ -1,0 +1,298 @@
+"""--cluster against a real Dask cluster, started here as users start one.
+
+A module-wide cluster: `dask scheduler` and `dask worker --nworkers 2
+--nthreads 1` as subprocesses on 127.0.0.1 (tests/local_dask.py), in a
+scratch folder without our modules and without PYTHONPATH, so every module
+the workers run has been uploaded by the server. The server is a subprocess
+with --cluster; the client reads whole passes as EIR's training connection
+does (tests/exact_pass.py). Nothing is mocked: the killed worker is a real
+Dask worker process, killed with SIGKILL in the middle of a pass.
+
+Without `distributed` the cluster tests skip, except in CI
+(EIR_REQUIRE_CLIENT=1 or CI=true), where they fail: CI must run them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websocket
+from support.eir_like_client import EirLikeClient
+from support.exact_pass import (
+    bench_source,
+    check_exactly_once,
+    longest_stall_after,
+    send_validation_ids,
+    training_pass,
+    write_source,
+)
+from support.local_dask import LocalDaskCluster, local_dask_cluster
+from support.server_process import ServerProcess
+from support.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+NUM_SAMPLES = 4000
+VALIDATION = [k for k in range(NUM_SAMPLES) if k % 5 == 1]
+EXPECTED = [k for k in range(NUM_SAMPLES) if k % 5 != 1]
+REQUIRED = os.environ.get("EIR_REQUIRE_CLIENT") == "1" or (
+    os.environ.get("CI", "").lower() == "true"
+)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster() -> Iterator[LocalDaskCluster]:
+    missing = importlib.util.find_spec("distributed") is None
+    dask_cli = Path(sys.executable).parent / "dask"
+    if missing or not dask_cli.exists():
+        why = (
+            "`distributed` is not installed"
+            if missing
+            else f"no dask command at {dask_cli}"
+        )
+        if REQUIRED:
+            pytest.fail(
+                f"{why}, and CI must run the cluster tests: "
+                "pip install -r requirements-dev.txt",
+                pytrace=False,
+            )
+        pytest.skip(f"{why} (pip install -r requirements-cluster.txt)")
+    with local_dask_cluster(nworkers=2, nthreads=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster(dask_cluster: LocalDaskCluster) -> LocalDaskCluster:
+    """The module's cluster with both workers up (a killed one is restarted
+    by its nanny)."""
+    dask_cluster.wait_for_workers(2, timeout=60)
+    return dask_cluster
+
+
+def modules_on_workers(cluster: LocalDaskCluster) -> dict[str, list[str]]:
+    """Worker address -> files of our modules imported there."""
+
+    def ours() -> list[str]:
+        import sys
+
+        names = ("data_simulator", "single_sample_simulation", "heavy_source")
+        return sorted(
+            getattr(module, "__file__", "") or ""
+            for name, module in list(sys.modules.items())
+            if name in names or name.startswith("_source_") or "my_source" in name
+        )
+
+    return cluster.client.run(ours)
+
+
+def tasks_run(cluster: LocalDaskCluster) -> dict[str, int]:
+    """Worker address -> tasks it has executed so far."""
+
+    def executed(dask_worker) -> int:
+        return dask_worker.state.executed_count
+
+    return cluster.client.run(executed)
+
+
+def test_cluster_serves_each_sample_once_with_the_local_bytes(
+    cluster: LocalDaskCluster, tmp_path: Path
+) -> None:
+    ids = [f"sample_{k}" for k in VALIDATION]
+    args = ["--port", "0", "--seed", "3", "--max-iterations", str(NUM_SAMPLES)]
+    before = tasks_run(cluster)
+    on_dask = ["--cluster", cluster.address]
+    with ServerProcess(*args, *on_dask, log_path=tmp_path / "dask.log") as s:
+        send_validation_ids(s.url, ids)
+        on_dask = training_pass(s.url, batch_size=64)
+        status = s.status()["generation"]
+    ran = {a: n - before.get(a, 0) for a, n in tasks_run(cluster).items()}
+    with ServerProcess(*args, "--workers", "1", log_path=tmp_path / "local.log") as s:
+        send_validation_ids(s.url, ids)
+        local = training_pass(s.url, batch_size=64)
+    check_exactly_once(on_dask, EXPECTED)
+    check_exactly_once(local, EXPECTED)
+    assert on_dask.by_id() == local.by_id()
+    assert status["engine"] == "dask", status
+    assert status["workers"] == 2, status
+    assert status["samples_made"] >= len(EXPECTED), status
+    assert status["samples_failed"] == 0, status
+    # The samples were made on both workers, from uploaded copies of our
+    # modules: the workers' folder does not hold them and ROOT is not on
+    # their path.
+    assert len(ran) == 2 and all(n > 0 for n in ran.values()), ran
+    for address, files in modules_on_workers(cluster).items():
+        made_there = [f for f in files if f.endswith("data_simulator.py")]
+        assert made_there, f"{address} never imported data_simulator: {files}"
+        assert not any(f.startswith(str(ROOT)) for f in files), files
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="SIGKILL is POSIX-only")
+def test_a_dask_worker_killed_mid_stream_costs_no_sample(
+    cluster: LocalDaskCluster, tmp_path: Path
+) -> None:
+    num = 1200
+    killed: dict[str, float | int] = {}
+    log = tmp_path / "server.log"
+    spec, heavy = bench_source("heavy_source")
+    args = ["--port", "0", "--source", spec, "--max-iterations", str(num)]
+    on_dask = ["--cluster", cluster.address]
+    with ServerProcess(*args, *on_dask, log_path=log) as server:
+
+        def kill_one(batches: int) -> None:
+            """From the 2nd batch on, once: SIGKILL a worker process (not its
+            nanny) while the server has chunks at the cluster."""
+            if batches < 2 or killed:
+                return
+            if server.status()["generation"]["chunks_in_flight"]:
+                pid = sorted(cluster.worker_pids().values())[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.update(pid=pid, at=time.monotonic())
+
+        got = training_pass(server.url, batch_size=16, after_batch=kill_one)
+        status = server.status()["generation"]
+        alive = server.process.poll() is None
+    assert killed, "the pass ended before the kill"
+    assert alive, log.read_text()
+    check_exactly_once(got, range(num))
+    assert "Traceback" not in log.read_text(), log.read_text()  # stopped cleanly
+    restart = wait_until(
+        lambda: len(cluster.client.scheduler_info()["workers"]) == 2,
+        "the nanny to restart the killed worker",
+        timeout=60,
+    )
+    stall = longest_stall_after(got.arrivals, killed["at"])
+    print(
+        f"\nDask worker SIGKILL: chunks_remade {status['chunks_remade']}, "
+        f"longest wait for a reply after the kill {stall:.3f} s, worker back "
+        f"{restart:.1f} s after the pass; pass of {num} samples, status {status}"
+    )
+    assert killed["pid"] not in cluster.worker_pids().values()
+    source = heavy.make_source(seed=0, sequence_length=64, max_iterations=num)
+    by_id = got.by_id()
+    for k in range(0, num, 37):
+        assert by_id[f"sample_{k}"] == source.samples_json([k])[0], k
+
+
+MY_SOURCE = '''
+"""A source the workers have never seen: only the server has this file."""
+from data_simulator import SimulatedHealthData
+
+
+class Shouting(SimulatedHealthData):
+    def simulate(self, index):
+        prompt, trace = super().simulate(index)
+        return prompt.upper() + " |FROM MY SOURCE|", trace
+
+
+def make(**settings):
+    return Shouting(**settings)
+'''
+
+
+@pytest.mark.parametrize(
+    "form", ["path/file.py:factory + --cluster", "module:factory + env"]
+)
+def test_a_source_only_the_server_has_runs_on_the_workers(
+    form: str,
+    cluster: LocalDaskCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    stem = f"my_source_{'file' if form.startswith('path') else 'module'}"
+    spec, module = write_source(folder, stem, MY_SOURCE)
+    num = 200
+    if form.startswith("path"):
+        args = ["--source", spec, "--cluster", cluster.address]
+        cwd = ROOT
+    else:  # found from the current folder, the cluster named by the environment
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.address)
+        args, cwd = ["--source", f"{stem}:make"], folder
+    log = tmp_path / "server.log"
+    before = sum(tasks_run(cluster).values())
+    args += ["--port", "0", "--max-iterations", str(num)]
+    with ServerProcess(*args, log_path=log, cwd=cwd) as server:
+        got = training_pass(server.url, batch_size=32)
+        status = server.status()["generation"]
+    assert sum(tasks_run(cluster).values()) > before, "no task ran on the workers"
+    check_exactly_once(got, range(num))
+    assert status["engine"] == "dask", status
+    source = module.make(seed=0, sequence_length=64, max_iterations=num)
+    by_id = got.by_id()
+    for k in range(num):
+        assert by_id[f"sample_{k}"] == source.samples_json([k])[0], k
+    assert "|FROM MY SOURCE|" in by_id["sample_7"]
+    ran_there = [
+        f for files in modules_on_workers(cluster).values() for f in files if stem in f
+    ]
+    assert ran_there, "the workers never imported the source file"
+
+
+BLOCK_DISTRIBUTED = (
+    "import runpy, sys\n"
+    "sys.modules['distributed'] = None  # `import distributed` now fails\n"
+    "sys.argv = [sys.argv[1], *sys.argv[2:]]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize("how", ["--cluster", "DASK_SCHEDULER_ADDRESS"])
+def test_cluster_without_distributed_says_what_to_install(how: str) -> None:
+    """No cluster needed: this one runs everywhere, distributed or not."""
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    args = [
+        sys.executable,
+        "-c",
+        BLOCK_DISTRIBUTED,
+        str(ROOT / "simulation_streamer.py"),
+    ]
+    args += ["--port", "0"]
+    if how == "--cluster":
+        args += ["--cluster", "tcp://127.0.0.1:9"]
+    else:
+        env["DASK_SCHEDULER_ADDRESS"] = "tcp://127.0.0.1:9"
+    done = subprocess.run(
+        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line]
+    assert done.returncode == 2, (done.returncode, lines)
+    assert len(lines) == 1, lines
+    assert "distributed" in lines[0] and "install" in lines[0], lines
+
+
+def test_a_cluster_without_workers_makes_requests_wait_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Requests wait for workers to join (no error reply), and the log says
+    that no worker is connected."""
+    from support.servers import running_server
+
+    from eirstream.readahead import SampleProducer
+
+    if importlib.util.find_spec("distributed") is None and not REQUIRED:
+        pytest.skip("`distributed` is not installed")
+    monkeypatch.setattr(SampleProducer, "WAIT_WARNING", 0.5)
+    with local_dask_cluster(nworkers=1, nthreads=1) as lonely:
+        os.killpg(lonely.workers.pid, signal.SIGKILL)  # worker and nanny gone
+        wait_until(
+            lambda: not lonely.client.scheduler_info(n_workers=-1)["workers"],
+            "the scheduler to drop its killed worker",
+            timeout=30,
+        )
+        with running_server(max_iterations=100, cluster=lonely.address) as server:
+            client = EirLikeClient(server.url, timeout=30)
+            client.send({"type": "getData", "payload": {"batch_size": 8}})
+            with pytest.raises(websocket.WebSocketTimeoutException):
+                client.recv(timeout=2.5)  # nothing yet, and no error either
+            client.close()
+    waits = [r.getMessage() for r in caplog.records if "has waited" in r.getMessage()]
+    assert waits and f"no Dask worker is connected to {lonely.address}" in waits[0]

@@ -1,0 +1,154 @@
+"""Settings: one parser owns every default; the environment goes through it.
+
+An environment variable that sets a default (MAX_ITERATIONS, SEQUENCE_LENGTH,
+EIR_STREAM_TOKEN, DASK_SCHEDULER_ADDRESS) is checked exactly as its flag is,
+and a bad value stops the server with a message naming the variable, before
+anything else happens.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eirstream.cli import ENVIRONMENT, build_parser, parse_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_server(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The CLI with a port that cannot be bound, so a run that gets past the
+    settings fails fast instead of serving."""
+    clean = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT.values()}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "simulation_streamer.py"), *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        ("MAX_ITERATIONS", "-5", "expected an integer at least 0, got -5"),
+        ("MAX_ITERATIONS", "lots", "expected an integer, got 'lots'"),
+        ("SEQUENCE_LENGTH", "0", "expected an integer at least 1, got 0"),
+        ("SEQUENCE_LENGTH", "6.5", "expected an integer, got '6.5'"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable(
+    variable: str, value: str, complaint: str
+) -> None:
+    done = run_server("--port", "0", env={variable: value})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"simulation_streamer.py: error: environment variable "
+        f"{variable}={value!r}: {complaint}"
+    )
+    assert "failed" not in done.stderr  # not mistaken for a --source problem
+
+
+def test_environment_values_become_defaults_and_flags_override_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for variable in ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MAX_ITERATIONS", "1200")
+    monkeypatch.setenv("SEQUENCE_LENGTH", " 32 ")
+    monkeypatch.setenv("EIR_STREAM_TOKEN", "s3cret")
+    settings = parse_args([])
+    assert (settings.max_iterations, settings.sequence_length) == (1200, 32)
+    assert settings.token == "s3cret"
+    settings = parse_args(["--max-iterations", "7", "--sequence-length", "8"])
+    assert (settings.max_iterations, settings.sequence_length) == (7, 8)
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:8786")
+    assert parse_args([]).cluster == "tcp://127.0.0.1:8786"
+
+
+def test_settings_are_the_parsed_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every option lands in Settings under its own name, with the parser's
+    default; only --workers (None: one process per core, which may hand over
+    to a thread: `workers_auto`), --source (None: the simulator, or the
+    dataset's source with --dataset) and --epochs (None: 1, or endless with
+    --dataset) are resolved."""
+    for variable in ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    defaults = vars(build_parser().parse_args([]))
+    settings = vars(parse_args([]))
+    assert settings.pop("workers_auto") is True
+    assert settings.keys() == defaults.keys()
+    assert defaults.pop("workers") is None
+    assert settings.pop("workers") == (os.cpu_count() or 1)
+    assert (defaults.pop("source"), defaults.pop("epochs")) == (None, None)
+    assert settings.pop("source") == "data_simulator:SimulatedHealthData"
+    assert settings.pop("epochs") == 1
+    assert settings == defaults
+
+
+def test_a_dataset_streams_endless_epochs_unless_told_and_excludes_a_source(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for variable in ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    served = parse_args(["--dataset", "corpus.yaml"])
+    assert (served.source, served.epochs) == (
+        "eirstream.datasets.source:make_source",
+        None,
+    )
+    assert parse_args(["--dataset", "corpus.yaml", "--epochs", "2"]).epochs == 2
+    assert parse_args(["--epochs", "3", "--shuffle"]).epochs == 3
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--dataset", "corpus.yaml", "--source", "mine:make"])
+    assert exit_.value.code == 2
+    assert "--dataset 'corpus.yaml' and --source 'mine:make'" in capsys.readouterr().err
+
+
+def test_only_the_default_workers_may_hand_over_to_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--workers N is N processes whatever the source costs; so is a cluster."""
+    for variable in ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    assert parse_args(["--workers", "2"]).workers_auto is False
+    assert parse_args(["--workers", "0"]).workers_auto is False
+    assert parse_args(["--cluster", "tcp://127.0.0.1:1"]).workers_auto is False
+
+
+def test_workers_and_cluster_exclude_each_other() -> None:
+    done = run_server("--workers", "2", "--cluster", "tcp://127.0.0.1:1", env={})
+    assert done.returncode == 2
+    assert "--workers 2 and --cluster 'tcp://127.0.0.1:1'" in done.stderr
+    done = run_server(
+        "--workers", "2", env={"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:1"}
+    )
+    assert done.returncode == 2
+    assert "give one" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--handshake-timeout", "0"], "--handshake-timeout"),
+        (["--ping-interval", "-1"], "--ping-interval"),
+        (["--progress-interval", "soon"], "--progress-interval"),
+        (["--workers", "-1"], "--workers"),
+    ],
+)
+def test_bad_numbers_are_rejected_by_the_parser(args: list[str], flag: str) -> None:
+    done = run_server(*args, env={})
+    assert done.returncode == 2
+    assert flag in done.stderr and "Traceback" not in done.stderr
+
+
+def test_log_level_is_read_in_either_case() -> None:
+    assert parse_args(["--log-level", "WARNING"]).log_level == "warning"
+    assert parse_args(["--log-level", "Debug"]).log_level == "debug"
+    with pytest.raises(SystemExit):
+        parse_args(["--log-level", "loud"])
