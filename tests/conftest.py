@@ -2,6 +2,7 @@
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support.eirtrain_support import find_eirtrain
@@ -13,6 +14,15 @@ def server() -> Iterator[ServerThread]:
     """A bounded server (300 samples, 64 readings, seed 0)."""
     with running_server(max_iterations=300) as s:
         yield s
+
+
+@pytest.fixture
+def index_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `--dataset` index cache of the test's own ($EIR_STREAM_CACHE, which
+    servers started by the test inherit), in tmp_path."""
+    folder = tmp_path / "index-cache"
+    monkeypatch.setenv("EIR_STREAM_CACHE", str(folder))
+    return folder
 
 
 @pytest.hookimpl(tryfirst=True)
