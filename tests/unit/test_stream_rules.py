@@ -21,14 +21,8 @@ from hypothesis import strategies as st
 
 from data_simulator import SimulatedHealthData
 from eirstream.order import EpochOrder
-from eirstream.stream import (
-    SEAT_LIFE_CYCLE,
-    ResetOutcome,
-    SampleStream,
-    Seat,
-    SeatEvent,
-    SeatState,
-)
+from eirstream.seats import SEAT_LIFE_CYCLE, Seat, SeatEvent, SeatState
+from eirstream.stream import ResetOutcome, SampleStream
 
 
 def ids(*indices: int) -> list[str]:
@@ -1188,7 +1182,7 @@ def epoch_stream(
 
 def pass_order(stream: SampleStream, epochs: int, skip: set[int]) -> list[int]:
     """What `epochs` epochs of `stream` hand out, without validation ids."""
-    n, order = stream.num_samples, stream._order
+    n, order = stream.num_samples, stream.order
     assert n is not None
     return [
         i
@@ -1442,16 +1436,16 @@ def test_a_stream_for_a_source_takes_its_epochs_shuffle_and_blocks() -> None:
 
     source = Blocks(seed=0, max_iterations=100)
     plain = SampleStream.for_source(source)
-    assert (plain.epochs, plain._order) == (1, None)
+    assert (plain.epochs, plain.order) == (1, None)
     assert plain.status()["shuffled"] is False
     stream = SampleStream.for_source(source, epochs=None, shuffle=True, seed=3)
-    assert stream.epochs is None and stream._order is not None
-    assert stream._order.block_sizes == (40, 0, 60) and stream._order.seed == 3
+    assert stream.epochs is None and stream.order is not None
+    assert stream.order.block_sizes == (40, 0, 60) and stream.order.seed == 3
     assert stream.peek(100) == EpochOrder(100, 3, [40, 0, 60]).indices(0, 0, 100)
     fixed = SampleStream.for_source(
         SimulatedHealthData(max_iterations=3000), shuffle=True
     )
-    assert fixed._order is not None and fixed._order.block_sizes == (1024, 1024, 952)
+    assert fixed.order is not None and fixed.order.block_sizes == (1024, 1024, 952)
     with pytest.raises(ValueError, match="unbounded source cannot be shuffled"):
         SampleStream.for_source(SimulatedHealthData(), shuffle=True)
     with pytest.raises(ValueError, match="sum to num_samples"):
@@ -1503,7 +1497,7 @@ def test_a_pass_of_epochs_serves_what_one_long_epoch_would(
     blocks = [n // 4, n // 4, n - 2 * (n // 4)]
     stream = epoch_stream(n, epochs, shuffle, seed, blocks)
     model = SampleStream(n * epochs)
-    order = stream._order
+    order = stream.order
 
     def index(position: int) -> int:
         epoch, at = divmod(position, n)
