@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from collections import Counter
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.datasets import image_bytes
 from support.eirtrain_support import (
     ROOT,
     StreamLog,
@@ -32,7 +32,12 @@ from support.eirtrain_support import (
 )
 from support.server_process import ServerProcess
 
-pytestmark = [pytest.mark.eirtrain, requires_eirtrain]
+# the server's index cache in tmp_path (the server inherits $EIR_STREAM_CACHE)
+pytestmark = [
+    pytest.mark.eirtrain,
+    requires_eirtrain,
+    pytest.mark.usefixtures("index_cache"),
+]
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -110,26 +115,21 @@ def test_a_word_chunked_corpus_trains_two_ranks_with_workers(tmp_path: Path) -> 
     assert len(trainers) == 2 * 2, [c.id for c in trainers]  # ranks x workers
     level = assert_each_sample_once_and_level(log, status)
     assert level > 0
-    print(f"corpus: {status['max_iterations']} chunks, {level} batches x 4 conns")
+    print(f"corpus: {status['max_iterations']} word chunks, {level} batches x 4 conns")
 
 
 # -- images with captions and a label ----------------------------------------------
-def image_bytes(rng: random.Random, kind: str) -> bytes:
-    from PIL import Image
-
-    colour = tuple(rng.randrange(256) for _ in range(3))
-    picture = Image.new("RGB", (24, 20), colour)
-    out = io.BytesIO()
-    picture.save(out, format=kind)
-    return out.getvalue()
-
-
 def write_paintings(folder: Path, rows: int) -> Path:
     rng = random.Random(7)
     styles = ["cubism", "baroque", "ukiyo-e"]
     kinds = ["PNG", "JPEG"]
     images = [
-        {"bytes": image_bytes(rng, kinds[i % 2]), "path": f"p{i}.img"}
+        {
+            "bytes": image_bytes(
+                kinds[i % 2], (24, 20), colour=tuple(rng.randrange(256) for _ in "rgb")
+            ),
+            "path": f"p{i}.img",
+        }
         for i in range(rows)
     ]
     table = pa.table(

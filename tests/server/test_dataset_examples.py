@@ -7,8 +7,6 @@ serve exactly the inputs and outputs that its EIR configs name, with samples
 EIR accepts. The index cache lives in tmp_path too; nothing is downloaded.
 """
 
-import base64
-import io
 import random
 import re
 from pathlib import Path
@@ -18,25 +16,20 @@ import pytest
 
 pa = pytest.importorskip("pyarrow")
 yaml = pytest.importorskip("yaml")
-Image = pytest.importorskip("PIL.Image")
+pytest.importorskip("PIL.Image")
 
 import pyarrow.parquet as pq  # noqa: E402
+from support import ROOT  # noqa: E402
+from support.datasets import decoded, image_bytes  # noqa: E402
 
-from eirstream import eirformat
-from eirstream.datasets import source as dataset_source  # noqa: E402
+from eirstream import eirformat  # noqa: E402
+from eirstream.datasets.source import load_dataset  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "datasets"
 URL = "ws://localhost:8000/ws"
 CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
 
-
-@pytest.fixture(autouse=True)
-def index_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test's index cache lives in its own tmp_path."""
-    folder = tmp_path / "index-cache"
-    monkeypatch.setenv("EIR_STREAM_CACHE", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("index_cache")
 
 
 # =============================================================================
@@ -83,10 +76,7 @@ def write_fineweb(folder: Path) -> Path:
 def painting(rng: random.Random, kind: str, size: tuple[int, int], mode: str) -> bytes:
     """A small picture as PNG or JPEG file bytes (size is width, height)."""
     colour = tuple(rng.randrange(256) for _ in range(CHANNELS.get(mode, 3)))
-    picture = Image.new(mode, size, colour if mode != "L" else colour[0])
-    out = io.BytesIO()
-    picture.save(out, format=kind)
-    return out.getvalue()
+    return image_bytes(kind, size, mode, colour if mode != "L" else colour[0])
 
 
 # Artificio/WikiArt's images are JPEG; PNGs of other modes test the decoding.
@@ -198,13 +188,7 @@ def spec_on(example: str, data: Path, folder: Path, drop_inputs=()) -> Path:
 def load(example: str, tmp_path: Path, drop_inputs=()):
     data = EXAMPLE_DATA[example][1](tmp_path)
     spec = spec_on(example, data, tmp_path, drop_inputs)
-    return dataset_source.load_dataset(str(spec))
-
-
-def decoded(value: str) -> "Image.Image":
-    picture = Image.open(io.BytesIO(base64.b64decode(value)))
-    picture.load()
-    return picture
+    return load_dataset(str(spec))
 
 
 def spread(count: int, few: int = 6) -> list[int]:

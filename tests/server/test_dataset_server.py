@@ -24,6 +24,8 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 pytest.importorskip("yaml")
 
+pytestmark = pytest.mark.usefixtures("index_cache")  # servers inherit it
+
 ROWS = 300
 
 
@@ -49,11 +51,6 @@ def write_dataset(folder: Path) -> Path:
         "  label: {type: tabular, columns: [label]}\n"
     )
     return spec
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EIR_STREAM_CACHE", str(tmp_path / "cache"))
 
 
 def start_fails(*args: str) -> str:

@@ -1,49 +1,67 @@
-"""dataset_source: a spec file and its data files, served as a sample source.
+"""The --dataset reader (eirstream.datasets): a spec file and its data files,
+served as a sample source.
 
 Every test writes its own tiny dataset with pyarrow into tmp_path (or into
 fsspec's in-memory filesystem) and its index cache into tmp_path too, so
-nothing is downloaded and nothing outside tmp_path is touched.
+nothing is downloaded and nothing outside tmp_path is touched. Counting runs
+in threads here (no processes); tests/server/test_dataset_workers.py counts
+in processes and reads the cache from another process.
 """
 
 import base64
-import io
+import concurrent.futures as futures
 import json
 import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pa = pytest.importorskip("pyarrow")
 pytest.importorskip("yaml")
 pytest.importorskip("fsspec")
-Image = pytest.importorskip("PIL.Image")
+pytest.importorskip("PIL.Image")
 
 import pyarrow.feather as feather  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from support.datasets import (  # noqa: E402
+    CHUNK_SPEC,
+    decoded,
+    document,
+    expected_chunks,
+    image_bytes,
+    write_documents,
+    write_spec,
+)
 
-from eirstream import eirformat
+from eirstream import eirformat  # noqa: E402
 from eirstream import encoders as enc  # noqa: E402
+from eirstream.datasets import files as dataset_files  # noqa: E402
+from eirstream.datasets import index as dataset_index  # noqa: E402
 from eirstream.datasets import source as dataset_source  # noqa: E402
-from eirstream.datasets.source import index_bytes_per_document, load_dataset  # noqa: E402
-from eirstream.loading import load_source  # noqa: E402
+from eirstream.datasets.index import index_bytes_per_document  # noqa: E402
+from eirstream.datasets.source import load_dataset  # noqa: E402
+from eirstream.datasets.spec import DatasetProblem, parse_spec  # noqa: E402
+from eirstream.loading import DATASET_SOURCE, load_source  # noqa: E402
+from eirstream.making import encode_task  # noqa: E402
 from eirstream.stream import SampleStream  # noqa: E402
-from eirstream.tasks import encode_chunk  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("index_cache")
 
 
 @pytest.fixture(autouse=True)
-def index_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test's index cache lives in its own tmp_path."""
-    folder = tmp_path / "index-cache"
-    monkeypatch.setenv("EIR_STREAM_CACHE", str(folder))
-    return folder
+def count_in_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are counted in threads, never in processes: a unit test starts
+    none."""
 
+    def threads(files, rule) -> futures.Executor:
+        return futures.ThreadPoolExecutor(max_workers=min(16, len(files)))
 
-def write_spec(folder: Path, text: str) -> Path:
-    path = folder / "spec.yaml"
-    path.write_text(text)
-    return path
+    monkeypatch.setattr(dataset_index, "counting_pool", threads)
 
 
 def check_all(source) -> list[dict]:
@@ -61,75 +79,9 @@ def check_all(source) -> list[dict]:
     return samples
 
 
-def document(number: int, words: int) -> str:
-    """A text whose words say which document and position they are."""
-    return " ".join(f"d{number}w{k}" for k in range(words))
-
-
-def image_bytes(kind: str, size: tuple[int, int] = (6, 4), mode: str = "RGB") -> bytes:
-    """A small picture as PNG or JPEG file bytes (size is width, height)."""
-    picture = Image.new(mode, size, color=(200, 30, 60) if mode == "RGB" else 128)
-    out = io.BytesIO()
-    picture.save(out, format=kind)
-    return out.getvalue()
-
-
-def decoded(value: str) -> "Image.Image":
-    picture = Image.open(io.BytesIO(base64.b64decode(value)))
-    picture.load()
-    return picture
-
-
 # =============================================================================
 # Word chunks
 # =============================================================================
-LENGTHS = [[5, 1100, 19, 2000, 530], [1024, 0, 40, 513], [700, 20, 1100], [3, 512, 60]]
-CHUNK_SPEC = """
-files: data/*.parquet
-inputs:
-  caption: {type: sequence, column: text}
-  meta: {type: tabular, columns: [label, words]}
-outputs:
-  text_output: {type: sequence, column: text, chunk_words: 512, min_words: %d}
-"""
-
-
-def write_documents(folder: Path) -> list[str]:
-    """Two Parquet files of several row groups; the documents in order."""
-    (folder / "data").mkdir()
-    texts: list[str] = []
-    for part, groups in enumerate([LENGTHS[:2], LENGTHS[2:]]):
-        rows = [n for group in groups for n in group]
-        docs = [document(len(texts) + i, n) for i, n in enumerate(rows)]
-        texts += docs
-        table = pa.table(
-            {
-                "text": docs,
-                "label": [f"L{n % 3}" for n in rows],
-                "words": rows,
-            }
-        )
-        writer = pq.ParquetWriter(folder / "data" / f"part{part}.parquet", table.schema)
-        start = 0
-        for group in groups:
-            writer.write_table(table.slice(start, len(group)))
-            start += len(group)
-        writer.close()
-    return texts
-
-
-def expected_chunks(texts: list[str], min_words: int) -> dict[str, str]:
-    """sample id -> text, computed from the documents directly."""
-    out = {}
-    for row, text in enumerate(texts):
-        words = text.split()
-        for chunk, at in enumerate(range(0, len(words), 512)):
-            piece = words[at : at + 512]
-            if len(piece) >= min_words:
-                out[f"r{row}c{chunk}"] = " ".join(piece)
-    return out
-
-
 def test_word_chunks_across_files_and_row_groups(tmp_path: Path) -> None:
     texts = write_documents(tmp_path)
     spec = write_spec(tmp_path, CHUNK_SPEC % 20)
@@ -212,7 +164,7 @@ def test_min_words_decides_the_tail(tmp_path: Path) -> None:
     assert [i for i in got if i.startswith("r1c")] == ["r1c0", "r1c1"]
 
 
-def test_factory_through_load_source_and_encode_chunk(tmp_path: Path) -> None:
+def test_factory_through_load_source_and_encode_task(tmp_path: Path) -> None:
     write_documents(tmp_path)
     spec = write_spec(tmp_path, CHUNK_SPEC % 1)
     settings = {
@@ -221,10 +173,10 @@ def test_factory_through_load_source_and_encode_chunk(tmp_path: Path) -> None:
         "sequence_length": 64,
         "max_iterations": None,
     }
-    source = load_source("eirstream.datasets.source:make_source", settings)
+    source = load_source(DATASET_SOURCE, settings)
     info = source.dataset_info()
     indices = [7, 0, 3, 3, 11]
-    made = encode_chunk(source, indices)
+    made = encode_task(source, indices)
     assert made.failures == {}
     for k, index in enumerate(indices):
         sample = json.loads(made.blob[made.offsets[k] : made.offsets[k + 1] - 1])
@@ -243,6 +195,51 @@ def test_index_memory_per_document(tmp_path: Path) -> None:
     assert index_bytes_per_document() == 4
     blocks = source.index.blocks
     assert source.index_nbytes() == 4 * len(texts) + 32 * blocks + 16
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(st.text(), min_size=1, max_size=5))
+def test_any_text_is_served_as_it_is(texts: list[str]) -> None:
+    # Quotes, backslashes, control characters, any Unicode: each word chunk's
+    # JSON (written through its document's template) is json.dumps of its
+    # sample, and holds exactly the document's words; a whole row's text is
+    # served as it is. (One index cache for every example: each writes new
+    # files, which the cache tells apart.)
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder)
+        table = pa.table({"text": texts, "label": texts[::-1]})
+        pq.write_table(table, data / "texts.parquet", row_group_size=2)
+        entries = "inputs:\n  meta: {type: tabular, columns: [label]}\noutputs:\n"
+        chunked = write_spec(
+            data,
+            "files: texts.parquet\n"
+            + entries
+            + "  text_output: {type: sequence, column: text, chunk_words: 3}\n",
+        )
+        served = [
+            s["inputs"]["text_output"] for s in check_all(load_dataset(str(chunked)))
+        ]
+        words = [text.split() for text in texts]
+        assert served == [
+            " ".join(split[at : at + 3])
+            for split in words
+            for at in range(0, len(split), 3)
+        ]
+        rows = write_spec(
+            data,
+            "files: texts.parquet\n"
+            + entries
+            + "  text_output: {type: sequence, column: text}\n",
+        )
+        source = load_dataset(str(rows))
+        sent = [json.loads(text) for text in source.samples_json(range(len(texts)))]
+        assert [s["inputs"]["text_output"] for s in sent] == texts
+        assert [s["inputs"]["meta"]["label"] for s in sent] == texts[::-1]
+        check_all(source)
 
 
 # =============================================================================
@@ -320,7 +317,7 @@ def test_corrupt_image_costs_only_its_sample(tmp_path: Path) -> None:
     images = [good, broken_png, good, b"not an image at all", image_bytes("JPEG")]
     pq.write_table(hf_image_table(images), tmp_path / "pictures.parquet")
     source = load_dataset(str(write_spec(tmp_path, IMAGE_SPEC % "")))
-    made = encode_chunk(source, list(range(5)))
+    made = encode_task(source, list(range(5)))
     assert sorted(made.failures) == [1, 3]
     assert "sample r1: inputs.painting" in made.failures[1]
     with pytest.raises(ValueError, match=r"sample r3: inputs\.painting"):
@@ -557,36 +554,6 @@ def test_format_key_and_folders(tmp_path: Path) -> None:
     assert source.sample(1)["target_labels"]["word"] == {"word": "beta"}
 
 
-def test_worker_processes_find_the_cache(tmp_path: Path, index_cache: Path) -> None:
-    """What a worker process of the server does: call the factory, which
-    finds the counts the server's process left in the cache."""
-    import subprocess
-
-    write_documents(tmp_path)
-    spec = write_spec(tmp_path, CHUNK_SPEC % 20)
-    built = load_dataset(str(spec))
-    script = (
-        "import json, sys; from sample_sources import load_source; "
-        f"s = load_source('eirstream.datasets.source:make_source', {{'dataset': {str(spec)!r}, "
-        "'seed': 0, 'sequence_length': 64, 'max_iterations': None}); "
-        "print(json.dumps([s.files_counted, s.samples_json([3, 0])]))"
-    )
-    root = Path(dataset_source.__file__).parent
-    env = {**os.environ, "EIR_STREAM_CACHE": str(index_cache)}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    counted, texts = json.loads(done.stdout)
-    assert counted == 0
-    assert texts == built.samples_json([3, 0])
-
-
 def test_counting_logs_progress(
     tmp_path: Path, memory_folder, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
@@ -599,11 +566,15 @@ def test_counting_logs_progress(
         f"files: memory://{root}/*.parquet\n"
         "outputs:\n  t: {type: sequence, column: text, chunk_words: 16}\n",
     )
-    monkeypatch.setattr(dataset_source, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(dataset_index, "PROGRESS_SECONDS", 0.0)
     with caplog.at_level("INFO", logger="eirstream.datasets"):
         source = load_dataset(str(spec))
     assert source.num_samples == 9
-    lines = [r.getMessage() for r in caplog.records if r.name == "eirstream.datasets"]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("eirstream.datasets.")
+    ]
     assert any(line.startswith("counting word chunks: ") for line in lines)
     assert any("3 files, 3 blocks, 3 rows, 9 samples" in line for line in lines)
 
@@ -661,13 +632,13 @@ outputs:
     source = load_dataset(str(spec))
     assert len(source.block_sizes) == 30
     reads = []
-    original = dataset_source.FileReader.read
+    original = dataset_files.FileReader.read
 
     def counting_read(self, kind, block, offset, columns):
         reads.append(block)
         return original(self, kind, block, offset, columns)
 
-    monkeypatch.setattr(dataset_source.FileReader, "read", counting_read)
+    monkeypatch.setattr(dataset_files.FileReader, "read", counting_read)
     bound = source.cache.max_bytes
     for block in range(30):  # shuffled within each row group: one read each
         indices = list(range(4 * block, 4 * block + 4))
@@ -784,13 +755,11 @@ def test_missing_optional_package(
     message = str(caught.value)
     assert message.startswith(f"--dataset {spec}: ")
     assert f"needs the Python package {package}" in message
-    assert "pip install -r requirements-datasets.txt" in message
+    assert "pip install 'eirstream[datasets]'" in message
 
 
 def test_only_an_image_may_be_both_an_input_and_an_output() -> None:
     # A diffusion model's input and target are one image under one name.
-    from eirstream.datasets.spec import DatasetProblem, parse_spec
-
     image = {"type": "image", "column": "image", "size": [8, 8], "mode": "RGB"}
     spec = parse_spec(
         {"files": "x.parquet", "inputs": {"image": image}, "outputs": {"image": image}},
