@@ -7,8 +7,14 @@ are nested once more, `target_labels[name] = {name: value}`, and a sequence
 output is repeated as `inputs[name]` (EIR feeds it back in to generate it).
 `SampleLayout` applies those rules to one `getInfo` payload: `sample` builds
 the dict, `json` writes the same sample as compact JSON text (what the
-server sends), for every source. `check_dataset_info` and `check_sample`
-raise ValueError naming the problem.
+server sends), and `writer` makes the fast path of a source whose samples
+always carry the same names (the tutorial's simulator uses it). Both
+write through `SampleLayout.write`, every value escaped by `value_json`:
+the text is ASCII (\\u escapes for the rest, lone surrogates too), so
+whatever a value holds, eirtrain reads back exactly that. It is the text
+json.dumps writes, as the server writes the dicts of a source that writes
+no JSON of its own. `check_dataset_info` and `check_sample` raise
+ValueError naming the problem.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -44,8 +50,11 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 class SampleLayout:
     """EIR's layout of a sample for one `getInfo` payload: `sample` builds it
     as a dict, `json` writes it as the compact JSON text of that dict (what
-    the server sends), and `write` does so from values already written as
-    JSON. This is the one place that knows where a value goes."""
+    the server sends), `write` does so from values already written as JSON,
+    and `writer` makes a fast `write` for samples that always carry the same
+    names. This is the one place that knows where a value goes."""
+
+    MAX_WRITERS = 64  # `json`'s writers kept, one per set of names in order
 
     def __init__(self, info: Mapping[str, Any]) -> None:
         self.inputs = frozenset(info.get("inputs", {}))
@@ -53,8 +62,9 @@ class SampleLayout:
             name: entry.get("type") for name, entry in info.get("outputs", {}).items()
         }
         self._keys = {name: value_json(name) for name in (*self.inputs, *self.outputs)}
+        self._writers: dict[tuple[tuple[str, ...], ...], Callable[..., str]] = {}
 
-    def _check(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+    def _check(self, inputs: Iterable[str], outputs: Iterable[str]) -> None:
         for name in inputs:
             if name not in self.inputs:
                 raise ValueError(
@@ -96,11 +106,17 @@ class SampleLayout:
         """`json.dumps(self.sample(...), separators=(",", ":"))`, written
         without building the dicts. Any text is escaped, so a value may hold
         quotes, backslashes, newlines or any Unicode."""
-        self._check(inputs, outputs)
-        return self.write(
+        names = (tuple(inputs), tuple(outputs))
+        write = self._writers.get(names)
+        if write is None:
+            write = self.writer(*names)  # checks the names
+            if len(self._writers) >= self.MAX_WRITERS:
+                self._writers.clear()
+            self._writers[names] = write
+        return write(
             value_json(sample_id),
-            {name: value_json(value) for name, value in inputs.items()},
-            {name: value_json(value) for name, value in outputs.items()},
+            *map(value_json, inputs.values()),
+            *map(value_json, outputs.values()),
         )
 
     def write(
@@ -126,6 +142,42 @@ class SampleLayout:
             f'{{"inputs":{{{written}}},"target_labels":{{{",".join(labels)}}},'
             f'"sample_id":{sample_id}}}'
         )
+
+    def writer(
+        self, inputs: Sequence[str], outputs: Sequence[str]
+    ) -> Callable[..., str]:
+        """`write` made once for samples that always carry these inputs and
+        outputs, in this order: a function of (sample_id, *input values,
+        *output values), each already written as JSON text (by `value_json`),
+        that returns the sample's JSON. Each call is one `str.format` of a
+        template that `write` itself wrote, so the layout stays in `write`.
+        A name the info does not declare, or named twice, raises ValueError."""
+        for side, names in (("inputs", inputs), ("outputs", outputs)):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{side} name a value twice: {list(names)}")
+        self._check(inputs, outputs)
+        marked = self.write(  # field 0 is the id, then the values in order
+            _field(0),
+            {name: _field(at) for at, name in enumerate(inputs, 1)},
+            {name: _field(at) for at, name in enumerate(outputs, 1 + len(inputs))},
+        )
+        # Split at the marks: the text around the fields, then field numbers.
+        pieces = marked.split(_MARK)
+        template = "".join(
+            "{" + piece + "}" if at % 2 else piece.replace("{", "{{").replace("}", "}}")
+            for at, piece in enumerate(pieces)
+        )
+        return template.format
+
+
+# A field's place in the text `write` writes for `writer`: JSON text that
+# `value_json` wrote never holds a raw control character, so the mark cannot
+# be part of a name or of the layout around the values.
+_MARK = "\x00"
+
+
+def _field(number: int) -> str:
+    return f"{_MARK}{number}{_MARK}"
 
 
 def build_sample(

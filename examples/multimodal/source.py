@@ -44,7 +44,6 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from data_simulator import sample_id
 from eirstream.eirformat import build_sample
 from eirstream.encoders import (
     encode_array,
@@ -54,7 +53,7 @@ from eirstream.encoders import (
     survival_row,
     tabular_row,
 )
-from eirstream.sample_ids import index_of_sample_id, indices_of_sample_ids
+from eirstream.sample_ids import index_of_sample_id, indices_of_sample_ids, sample_id
 
 GROUPS = ("A", "B", "C")
 GROUP_WORDS = ("alpha", "beta", "gamma")

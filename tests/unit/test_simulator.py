@@ -1,24 +1,26 @@
-"""The sample source (`SimulatedHealthData`) and its sample ids.
+"""data_simulator.py: the sample source (`SimulatedHealthData`), its sample
+ids, its JSON, and the tutorial's `DataSimulator` over the shared stream.
 
 The source must hand EIR samples in exactly the shape docs/protocol.md gives
-under "Samples". The stream that hands out their indices (`SampleStream`) is
-tested in test_stream_rules.py.
+under "Samples", and any text a user's model writes must reach eirtrain
+unchanged. The rules of the stream itself (`SampleStream`) are tested in
+test_stream_rules.py; that samples do not depend on the process, in
+tests/server/test_processes.py.
 """
 
-import hashlib
 import json
-import os
-import subprocess
-import sys
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import ROOT
 
-from data_simulator import SimulatedHealthData, sample_id
+import single_sample_simulation
+from data_simulator import DataSimulator, SimulatedHealthData, sample_id
+from eirstream.eirformat import SampleLayout, check_sample, value_json
 from eirstream.sample_ids import index_of_sample_id, indices_of_sample_ids
 from eirstream.sources import SampleSource
+from eirstream.stream import SampleStream
 
 
 # -- SimulatedHealthData ---------------------------------------------------------
@@ -128,32 +130,6 @@ def test_samples_json_is_the_compact_json_of_each_sample() -> None:
     ]
 
 
-def test_samples_do_not_depend_on_the_process_or_hash_seed() -> None:
-    code = (
-        "import hashlib, sys; sys.path.insert(0, sys.argv[1]); "
-        "from data_simulator import SimulatedHealthData as S; "
-        "t = ''.join(S(seed=3, sequence_length=100).samples_json(range(200))); "
-        "print(hashlib.sha256(t.encode()).hexdigest())"
-    )
-    digests = set()
-    for hash_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        digests.add(
-            subprocess.run(
-                [sys.executable, "-c", code, str(ROOT)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=60,
-            ).stdout.strip()
-        )
-    here = "".join(
-        SimulatedHealthData(seed=3, sequence_length=100).samples_json(range(200))
-    )
-    assert digests == {hashlib.sha256(here.encode()).hexdigest()}
-
-
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [
@@ -228,3 +204,192 @@ def test_half_a_million_ids_in_bulk() -> None:
     assert indices_of_sample_ids(received, 11) == {0, 2, 4, 6, 8, 10}
     received[123_456] = "sample_0123"  # one odd id: the slow path, same answer
     assert indices_of_sample_ids(received, 11) == {0, 2, 4, 6, 8, 10}
+
+
+# -- any text, written as JSON in one place ---------------------------------------
+# Text a user's model may write: anything Python's str holds, lone surrogates
+# included, with the characters JSON must escape (and those of the writer's
+# own templates: braces, percent signs, NUL) drawn often.
+AWKWARD = ['"', "\\", "\n", "\r", "\t", "\b", "\x00", "\x1f", "\x7f", "{", "}", "%"]
+AWKWARD += ["\u2028", "\u2029", "\ud800", "\udfff", "\U0001f600", "é"]
+ANY_TEXT = st.text(
+    st.one_of(st.sampled_from(AWKWARD), st.characters(exclude_categories=()))
+)
+
+
+def received(texts: list[str]) -> list[dict]:
+    """The samples as eirtrain reads them: the `data` reply the server makes of
+    these texts, sent as UTF-8 and parsed with json.loads."""
+    reply = '{"type":"data","payload":[' + ",".join(texts) + "]}"
+    return json.loads(reply.encode("utf-8"))["payload"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    names=st.lists(ANY_TEXT, min_size=3, max_size=3, unique=True),
+    texts=st.lists(ANY_TEXT, min_size=3, max_size=3),
+)
+def test_sample_layout_writes_any_text_as_valid_json(
+    names: list[str], texts: list[str]
+) -> None:
+    text_in, text_out, category = names
+    layout = SampleLayout(
+        {
+            "inputs": {text_in: {"type": "sequence"}},
+            "outputs": {
+                text_out: {"type": "sequence"},
+                category: {"type": "tabular"},
+            },
+        }
+    )
+    sample_text, prompt, trace = texts
+    inputs, outputs = {text_in: prompt}, {text_out: trace, category: {"c": prompt}}
+    sample = layout.sample(sample_text, inputs, outputs)
+    written = layout.json(sample_text, inputs, outputs)
+    assert written == json.dumps(sample, separators=(",", ":"))
+    assert written.isascii()
+    assert json.loads(written) == sample
+    [got] = received([written])
+    assert got["inputs"][text_in] == prompt
+    assert got["inputs"][text_out] == trace
+    assert got["target_labels"][text_out][text_out] == trace
+    assert got["target_labels"][category] == {"c": prompt}
+    assert got["sample_id"] == sample_text
+    # The writer for these names, and `write` itself, give the same text.
+    as_json = [value_json(v) for v in (sample_text, prompt, trace, {"c": prompt})]
+    write = layout.writer([text_in], [text_out, category])
+    assert write(*as_json) == written
+    assert (
+        layout.write(
+            as_json[0],
+            {text_in: as_json[1]},
+            {text_out: as_json[2], category: as_json[3]},
+        )
+        == written
+    )
+
+
+class GivenTexts(SimulatedHealthData):
+    """The simulator with a model that writes the given prompts and traces."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        super().__init__(max_iterations=len(pairs))
+        self.pairs = pairs
+
+    def simulate(self, index: int) -> tuple[str, str]:
+        return self.pairs[index]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(ANY_TEXT, ANY_TEXT), min_size=1, max_size=5))
+def test_the_simulator_sends_any_text_exactly(pairs: list[tuple[str, str]]) -> None:
+    source = GivenTexts(pairs)
+    indices = list(range(len(pairs)))
+    texts = source.samples_json(indices)
+    samples = source.samples(indices)
+    assert texts == [json.dumps(s, separators=(",", ":")) for s in samples]
+    for got, sample, (prompt, trace) in zip(
+        received(texts), samples, pairs, strict=True
+    ):
+        assert got == sample
+        assert got["inputs"] == {"text_input": prompt, "text_output": trace}
+        check_sample(got, source.dataset_info())
+
+
+def test_a_prompt_edited_with_quotes_makes_valid_samples(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a user does first: edit the prompt in single_sample_simulation.py."""
+    original = single_sample_simulation.Person.prompt
+
+    def quoted(person: single_sample_simulation.Person) -> str:
+        plain = original(person).replace(
+            f"Activity: {person.activity}", f'Activity: "{person.activity}"'
+        )
+        return plain + ' Notes: C:\\data\\hr.csv\n\t"quoted" {braces} 100% ♥'
+
+    monkeypatch.setattr(single_sample_simulation.Person, "prompt", quoted)
+    source = SimulatedHealthData(seed=1, sequence_length=8)
+    indices = list(range(40))
+    texts = source.samples_json(indices)
+    for got, index in zip(received(texts), indices, strict=True):
+        prompt = got["inputs"]["text_input"]
+        assert prompt == source.simulate(index)[0]
+        activity = re.search(r'Activity: "(\w+)" -', prompt)
+        assert activity and activity[1] in single_sample_simulation.ACTIVITY_LEVELS
+        assert prompt.endswith(' Notes: C:\\data\\hr.csv\n\t"quoted" {braces} 100% ♥')
+        assert got == source.sample(index)
+        check_sample(got, source.dataset_info())
+
+
+def test_dataset_info_is_a_copy_the_caller_may_change() -> None:
+    source = SimulatedHealthData()
+    info = source.dataset_info()
+    info["inputs"]["text_input"]["type"] = "tabular"
+    info["outputs"].clear()
+    assert source.dataset_info()["inputs"]["text_input"]["type"] == "sequence"
+    assert list(source.dataset_info()["outputs"]) == ["text_output"]
+
+
+# -- DataSimulator: the tutorial's position and reset, over the shared stream -----
+def ids(batch: list[dict]) -> list[int]:
+    return [int(sample["sample_id"].removeprefix("sample_")) for sample in batch]
+
+
+def test_get_batch_hands_out_samples_from_the_position() -> None:
+    source = SimulatedHealthData(seed=2, max_iterations=100)
+    simulator = DataSimulator(source)
+    assert simulator.position == 0
+    first = simulator.get_batch(32)
+    assert ids(first) == list(range(32))
+    assert first == source.samples(range(32))
+    assert simulator.position == 32
+    assert ids(simulator.get_batch(8)) == list(range(32, 40))
+    assert simulator.position == 40
+
+
+def test_reset_goes_back_to_the_same_samples() -> None:
+    simulator = DataSimulator(SimulatedHealthData(seed=5, max_iterations=100))
+    first = simulator.get_batch(10)
+    simulator.get_batch(10)
+    assert simulator.reset() is True
+    assert simulator.position == 0
+    assert simulator.get_batch(10) == first
+
+
+def test_an_empty_batch_ends_the_pass_until_a_reset() -> None:
+    simulator = DataSimulator(SimulatedHealthData(max_iterations=50))
+    served: list[int] = []
+    for _ in range(50):  # at most one batch per sample, then it must have ended
+        batch = simulator.get_batch(16)
+        if not batch:
+            break
+        served += ids(batch)
+    assert served == list(range(50))
+    assert simulator.get_batch(16) == []
+    simulator.reset()
+    assert ids(simulator.get_batch(16)) == list(range(16))
+
+
+def test_validation_ids_are_never_handed_out() -> None:
+    simulator = DataSimulator(SimulatedHealthData(max_iterations=20))
+    simulator.set_validation_ids([sample_id(k) for k in (0, 3, 4, 19)])
+    served = ids(simulator.get_batch(100))
+    assert served == [k for k in range(20) if k not in (0, 3, 4, 19)]
+
+
+def test_simulators_sharing_a_stream_are_connections_of_one_server() -> None:
+    source = SimulatedHealthData(max_iterations=64)
+    stream = SampleStream.for_source(source)
+    first, second = DataSimulator(source, stream), DataSimulator(source, stream)
+    first.reset()
+    second.reset()  # the first is in the pass: no rewind under it
+    a, b = ids(first.get_batch(8)), ids(second.get_batch(8))
+    assert a == list(range(8)) and b == list(range(8, 16))
+    assert first.position == second.position == 16
+    assert first.reset() is False  # the second is mid-pass: it joins, no rewind
+    assert first.position == 16
+    second.close()  # closing moves nobody ...
+    assert first.position == 16
+    assert first.reset() is True  # ... and now the first is alone: it rewinds
+    assert first.position == 0
