@@ -26,7 +26,7 @@ Where a value sits in a sample also depends on the modality: every input is
 nested once more, `target_labels[name] = {name: value}`, and a sequence output
 is repeated as `inputs[name]` (EIR feeds it back in to generate it).
 eirformat.py applies those rules and checks a source's output before EIR
-sees it. Run `eirstream --check module:factory` to check a source.
+sees it. `eirstream --source module:factory --check` checks a source.
 """
 
 from __future__ import annotations
@@ -295,7 +295,8 @@ def _cost(filtered: bytes) -> int:
     return sum(filtered.translate(_MAGNITUDE))
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data and the CRC of type and data."""
     return (
         struct.pack(">I", len(data))
         + kind
@@ -362,9 +363,9 @@ def png_bytes(pixels: Any, png_filter: int | None = None) -> bytes:
     )
     return (
         PNG_SIGNATURE
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(bytes(scanlines), 9))
-        + _chunk(b"IEND", b"")
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(bytes(scanlines), 9))
+        + _png_chunk(b"IEND", b"")
     )
 
 

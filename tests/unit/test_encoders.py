@@ -1,140 +1,34 @@
-"""stream_encoders: every modality decoded back by independent code.
+"""eirstream.encoders and eirformat: every modality decoded back by
+independent code, and the checks of a sample's layout.
 
-Arrays and omics are decoded with `struct`; PNGs with the small decoder below
-(chunk walk, CRC check, zlib inflate, the five PNG unfilters), written from
-the PNG specification and sharing nothing with the encoder. Where EIR's client
-is installed, its own deserializers (the functions its streaming setup and
-training loop call) decode the same payloads in a subprocess.
+Arrays and omics are decoded with `struct`; PNGs with the small decoder in
+support/encodings.py (PNG chunk walk, CRC check, zlib inflate, the five PNG
+unfilters), written from the PNG specification and sharing nothing with the
+encoder. EIR's own deserializers decode the same payloads in
+tests/eirtrain/test_eir_decoders.py.
 """
 
 import base64
 import json
 import math
-import os
 import random
-import struct
-import subprocess
-import zlib
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.encodings import (
+    as_float32,
+    decode_floats,
+    decode_png,
+    flat,
+    gradient_image,
+    pixel_tuples,
+    random_image,
+)
 
 from data_simulator import SimulatedHealthData
 from eirstream import eirformat
 from eirstream import encoders as enc
-
-EIR_PYTHON = Path(os.environ.get("EIR_ENV_DIR", "/tmp/eirenv")) / "bin" / "python"
-
-
-# =============================================================================
-# Independent decoders
-# =============================================================================
-def decode_floats(text: str) -> list[float]:
-    data = base64.b64decode(text, validate=True)
-    assert len(data) % 4 == 0, len(data)
-    return list(struct.unpack(f"<{len(data) // 4}f", data))
-
-
-def as_float32(value: float) -> float:
-    return struct.unpack("<f", struct.pack("<f", value))[0]
-
-
-def flat(nested) -> list:
-    if isinstance(nested, list | tuple):
-        return [leaf for item in nested for leaf in flat(item)]
-    return [nested]
-
-
-def decode_png(text_or_bytes) -> dict:
-    """{'width', 'height', 'channels', 'pixels' (rows of tuples), 'filters'}."""
-    data = (
-        base64.b64decode(text_or_bytes, validate=True)
-        if isinstance(text_or_bytes, str)
-        else text_or_bytes
-    )
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
-    pos, chunks = 8, []
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body), f"bad CRC in {kind}"
-        chunks.append((kind, body))
-        pos += 12 + length
-    assert pos == len(data)
-    assert chunks[0][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
-    width, height, depth, color, compression, filtering, interlace = struct.unpack(
-        ">IIBBBBB", chunks[0][1]
-    )
-    assert (depth, compression, filtering, interlace) == (8, 0, 0, 0)
-    channels = {0: 1, 2: 3, 6: 4}[color]
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    stride = width * channels
-    assert len(raw) == height * (stride + 1)
-    rows, filters, prior = [], [], [0] * stride
-    for y in range(height):
-        kind = raw[y * (stride + 1)]
-        line = raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]
-        out: list[int] = []
-        for i, x in enumerate(line):
-            a = out[i - channels] if i >= channels else 0
-            b = prior[i]
-            c = prior[i - channels] if i >= channels else 0
-            if kind == 0:
-                guess = 0
-            elif kind == 1:
-                guess = a
-            elif kind == 2:
-                guess = b
-            elif kind == 3:
-                guess = (a + b) // 2
-            elif kind == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                guess = a if pa <= pb and pa <= pc else b if pb <= pc else c
-            else:
-                raise AssertionError(f"unknown filter type {kind}")
-            out.append((x + guess) % 256)
-        filters.append(kind)
-        rows.append([tuple(out[i : i + channels]) for i in range(0, stride, channels)])
-        prior = out
-    return {
-        "width": width,
-        "height": height,
-        "channels": channels,
-        "pixels": rows,
-        "filters": filters,
-    }
-
-
-def pixel_tuples(pixels) -> list[list[tuple]]:
-    return [
-        [tuple(p) if isinstance(p, list | tuple) else (p,) for p in row]
-        for row in pixels
-    ]
-
-
-def random_image(rng: random.Random, height: int, width: int, channels: int):
-    if channels == 1:
-        return [[rng.randrange(256) for _ in range(width)] for _ in range(height)]
-    return [
-        [[rng.randrange(256) for _ in range(channels)] for _ in range(width)]
-        for _ in range(height)
-    ]
-
-
-def gradient_image(height: int, width: int, channels: int):
-    """Smooth content, where the predicting filters beat filter 0."""
-    return [
-        [
-            [(3 * x + 5 * y + 40 * c) % 256 for c in range(channels)]
-            for x in range(width)
-        ]
-        for y in range(height)
-    ]
 
 
 # =============================================================================
@@ -422,25 +316,27 @@ INFO = {
 }
 
 
+def good_values() -> tuple[dict, dict]:
+    """(inputs, outputs): one encoded value of every modality, keyed by name."""
+    inputs = {
+        "text": "a b c",
+        "table": enc.tabular_row({"x": 1.0, "y": "k"}),
+        "snps": enc.encode_omics(enc.one_hot_genotypes([0, 1, 2])),
+        "values": enc.encode_array([[1, 2], [3, 4]]),
+        "picture": enc.encode_image(gradient_image(2, 3, 3)),
+    }
+    outputs = {
+        "label": {"c": "yes"},
+        "curve": enc.encode_array([0.5, 0.25, 0.125]),
+        "mask": enc.encode_image([[0, 255, 0], [255, 0, 255]]),
+        "reply": "ok then",
+        "risk": enc.survival_row(1, 4.0),
+    }
+    return inputs, outputs
+
+
 def good_sample() -> dict:
-    return eirformat.build_sample(
-        INFO,
-        "s1",
-        inputs={
-            "text": "a b c",
-            "table": enc.tabular_row({"x": 1.0, "y": "k"}),
-            "snps": enc.encode_omics(enc.one_hot_genotypes([0, 1, 2])),
-            "values": enc.encode_array([[1, 2], [3, 4]]),
-            "picture": enc.encode_image(gradient_image(2, 3, 3)),
-        },
-        outputs={
-            "label": {"c": "yes"},
-            "curve": enc.encode_array([0.5, 0.25, 0.125]),
-            "mask": enc.encode_image([[0, 255, 0], [255, 0, 255]]),
-            "reply": "ok then",
-            "risk": enc.survival_row(1, 4.0),
-        },
-    )
+    return eirformat.build_sample(INFO, "s1", *good_values())
 
 
 def test_build_sample_nests_outputs_per_modality() -> None:
@@ -464,6 +360,32 @@ def test_build_sample_rejects_names_missing_from_the_info() -> None:
         eirformat.build_sample(INFO, "s", {"txt": "a"}, {})
     with pytest.raises(ValueError, match=r"output 'lable' is not in the dataset info"):
         eirformat.build_sample(INFO, "s", {}, {"lable": {"c": "x"}})
+
+
+def test_sample_layout_json_is_json_dumps_of_the_sample() -> None:
+    layout = eirformat.SampleLayout(INFO)
+    inputs, outputs = good_values()
+    for _ in range(2):  # written once, then by the writer kept for these names
+        written = layout.json("s1", inputs, outputs)
+        assert written == json.dumps(good_sample(), separators=(",", ":"))
+    # The same values named in another order: a sample in that order.
+    backwards = dict(reversed(outputs.items()))
+    assert json.loads(layout.json("s1", inputs, backwards)) == good_sample()
+    assert layout.json("s1", inputs, backwards) == json.dumps(
+        layout.sample("s1", inputs, backwards), separators=(",", ":")
+    )
+
+
+def test_sample_layout_rejects_names_missing_from_the_info_or_named_twice() -> None:
+    layout = eirformat.SampleLayout(INFO)
+    with pytest.raises(ValueError, match=r"input 'txt' is not in the dataset info"):
+        layout.json("s", {"txt": "a"}, {})
+    with pytest.raises(ValueError, match=r"output 'lable' is not in the dataset info"):
+        layout.writer([], ["lable"])
+    with pytest.raises(
+        ValueError, match=r"inputs name a value twice: \['text', 'text'\]"
+    ):
+        layout.writer(["text", "text"], [])
 
 
 def test_the_tutorial_source_passes_the_checks() -> None:
@@ -598,99 +520,3 @@ def test_bad_samples_are_rejected(sample, fragment: str) -> None:
     with pytest.raises(ValueError) as caught:
         eirformat.check_sample(sample, INFO)
     assert fragment in str(caught.value)
-
-
-# =============================================================================
-# The same payloads through EIR's own deserializers
-# =============================================================================
-EIR_DECODE = r"""
-import json, sys
-import numpy as np
-from eir.serve_modules.serve_network_utils import deserialize_array
-from eir.setup.streaming_data_setup.streaming_data_adapters import process_single_data
-
-cases = json.load(sys.stdin)
-out = {}
-for name, case in cases.items():
-    info = case["info"]
-    # What the setup step stores for every modality ...
-    value = process_single_data(data=case["value"], info=info)
-    if info["type"] == "image":
-        out[name] = {"mode": value.mode, "size": list(value.size),
-                     "pixels": [list(p) if isinstance(p, tuple) else [p]
-                                for p in value.getdata()]}
-    else:
-        out[name] = {"dtype": str(value.dtype), "shape": list(value.shape),
-                     "values": value.ravel().tolist()}
-        # ... and the deserializer its training loop calls on each sample.
-        dtype = np.bool_ if info["type"] == "omics" else np.float32
-        again = deserialize_array(array_str=case["value"], dtype=dtype,
-                                  shape=tuple(info["shape"]))
-        assert (again == value).all()
-print(json.dumps(out))
-"""
-
-
-@pytest.fixture(scope="module")
-def eir_python() -> Path:
-    if not EIR_PYTHON.exists():
-        if os.environ.get("EIR_REQUIRE_CLIENT") == "1":
-            pytest.fail(f"EIR_REQUIRE_CLIENT=1 but {EIR_PYTHON} does not exist")
-        pytest.skip(
-            f"EIR's client is not installed at {EIR_PYTHON} "
-            "(set EIR_ENV_DIR: README.md, 'Tests against the real client')"
-        )
-    return EIR_PYTHON
-
-
-def test_eirs_own_deserializers_read_our_encodings(eir_python: Path) -> None:
-    rng = random.Random(7)
-    array_values = [[rng.uniform(-5, 5) for _ in range(5)] for _ in range(3)]
-    genotypes = [rng.choice([0, 1, 2, None]) for _ in range(20)]
-    omics = enc.one_hot_genotypes(genotypes)
-    images = {
-        "grey": (random_image(rng, 6, 9, 1), "L"),
-        "rgb": (gradient_image(5, 4, 3), "RGB"),
-        "rgba": (random_image(rng, 4, 7, 4), "RGBA"),
-    }
-    cases = {
-        "array": {
-            "info": {"type": "array", "shape": [3, 5]},
-            "value": enc.encode_array(array_values),
-        },
-        "omics": {
-            "info": {"type": "omics", "shape": [4, 20]},
-            "value": enc.encode_omics(omics),
-        },
-    }
-    for name, (pixels, mode) in images.items():
-        for png_filter in (None, 4):
-            cases[f"{name}-{png_filter}"] = {
-                "info": {"type": "image", "mode": mode},
-                "value": enc.encode_image(pixels, png_filter=png_filter),
-            }
-    done = subprocess.run(
-        [str(eir_python), "-c", EIR_DECODE],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    decoded = json.loads(done.stdout.strip().splitlines()[-1])
-
-    assert decoded["array"]["dtype"] == "float32"
-    assert decoded["array"]["shape"] == [3, 5]
-    assert decoded["array"]["values"] == [as_float32(v) for v in flat(array_values)]
-    assert decoded["omics"]["dtype"] == "bool"
-    assert decoded["omics"]["shape"] == [4, 20]
-    assert decoded["omics"]["values"] == flat(omics)
-    for name, (pixels, mode) in images.items():
-        for png_filter in (None, 4):
-            image = decoded[f"{name}-{png_filter}"]
-            assert image["mode"] == mode
-            assert image["size"] == [len(pixels[0]), len(pixels)]  # PIL: (w, h)
-            assert image["pixels"] == [
-                list(p) for row in pixel_tuples(pixels) for p in row
-            ]
