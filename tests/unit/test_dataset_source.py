@@ -739,7 +739,15 @@ def test_errors_are_one_clear_line(tmp_path: Path, case: str) -> None:
         assert "broken.parquet" in message
 
 
-@pytest.mark.parametrize(("module", "package"), [("PIL", "Pillow"), ("yaml", "PyYAML")])
+@pytest.mark.parametrize(
+    ("module", "package"),
+    [
+        ("PIL", "Pillow"),
+        ("yaml", "PyYAML"),
+        ("pyarrow", "pyarrow"),
+        ("fsspec", "fsspec"),
+    ],
+)
 def test_missing_optional_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, package: str
 ) -> None:
