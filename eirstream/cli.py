@@ -2,7 +2,7 @@
 
 `build_parser` owns every default of the server; `parse_args` turns the
 command line (and a few environment variables) into `Settings`; `main`
-starts the server, or checks a source with `--check`.
+starts the server, or with `--check` checks the source and exits.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eirstream.loading import DATASET_SOURCE
+from eirstream.check import check_source
+from eirstream.loading import DATASET_SOURCE, load_configured_source
 from eirstream.server import StreamServer, websockets_missing
 from eirstream.settings import DEFAULT_SOURCE, Settings
 
-logger = logging.getLogger("eirstream")
+logger = logging.getLogger("eirstream.cli")
 
 
 def number_at_least(
@@ -56,12 +57,22 @@ ENVIRONMENT = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default, unless that is None: the
+    help of such an option says itself what leaving it out means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every default of the server is here and only here."""
     parser = argparse.ArgumentParser(
         description="Stream simulated health data (or your own) to EIR's eirtrain "
         "over WebSocket.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 serves others")
@@ -71,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-iterations",
         type=nonnegative_int,
         default=None,
-        help="samples in one pass of the stream, then 'terminate' "
-        "(env MAX_ITERATIONS; None: unbounded)",
+        help="samples per epoch: the source's first N (env MAX_ITERATIONS; "
+        "default: all of them, and the simulated data has no end)",
     )
     add(
         "--sequence-length",
@@ -84,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--source",
         default=None,
-        help="module:factory or path/to/file.py:factory that builds the samples "
-        "(default: data_simulator:SimulatedHealthData, the tutorial's data)",
+        help="module:factory or path/to/file.py:factory that builds the samples; "
+        "a module is looked up in the current folder first (default: "
+        "data_simulator:SimulatedHealthData, the tutorial's data)",
     )
     add(
         "--dataset",
@@ -93,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="serve the dataset this YAML file describes (Parquet, JSON Lines, "
         "CSV, Arrow, save_to_disk; local or fsspec URLs) instead of a --source; "
-        "needs requirements-datasets.txt",
+        "needs pip install 'eirstream[datasets]'",
     )
     add(
         "--shuffle",
@@ -120,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ADDRESS",
         help="make samples on this Dask scheduler's workers, e.g. "
-        "tcp://host:8786 (env DASK_SCHEDULER_ADDRESS; needs distributed)",
+        "tcp://host:8786 (env DASK_SCHEDULER_ADDRESS; needs pip install "
+        "'eirstream[cluster]')",
     )
     add(
         "--max-batch-size",
@@ -145,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ping-interval",
         type=positive_float,
         default=None,
-        help="send keepalive pings this often, in seconds (None: off, since EIR "
+        help="send keepalive pings this often, in seconds (default: off, since EIR "
         "answers pings only when it reads)",
     )
     add(
@@ -162,10 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between progress lines in the log while samples flow (0: none)",
     )
     add(
+        "--check",
+        type=positive_int,
+        nargs="?",
+        const=20,
+        default=None,
+        metavar="N",
+        help="serve nothing: check the source's getInfo payload and its first N "
+        "samples (default N: 20) against EIR's layout, print one line, exit 0 "
+        "if they fit, 1 if not",
+    )
+    add(
         "--log-level",
-        default="info",
+        default=None,
         type=str.lower,  # WARNING as well as warning, like logging's own names
         choices=["debug", "info", "warning", "error"],
+        help="how much the log says (default: info; warning with --check, so "
+        "that its result is one line)",
     )
     return parser
 
@@ -204,6 +230,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         args.source = DATASET_SOURCE
     elif args.source is None:
         args.source = DEFAULT_SOURCE
+    if args.log_level is None:
+        args.log_level = "info" if args.check is None else "warning"
     if args.epochs is None and args.dataset is None:
         args.epochs = 1  # a source's pass is one epoch unless asked for more
     args.workers_auto = args.workers is None and args.cluster is None
@@ -325,15 +353,30 @@ def stop_on_signals(stop: asyncio.Event) -> None:
             signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
 
 
+def check(settings: Settings, samples: int) -> int:
+    """`--check N`: load the configured source as the server would and check
+    it and its first `samples` samples (check.py); one line, on stdout if it
+    fits (exit status 0), on stderr if not (1)."""
+    try:
+        source = load_configured_source(settings)
+        print(check_source(source, samples))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    if websockets_missing:
+    """`eirstream`: serve until SIGINT/SIGTERM, or check the source with
+    `--check`; the process exit status."""
+    settings = parse_args(argv)
+    if settings.check is None and websockets_missing:
         print(
             "error: the server needs the websockets package: "
-            "pip install -r requirements.txt (or pip install 'websockets>=14')",
+            "pip install 'websockets>=14' (installing eirstream brings it)",
             file=sys.stderr,
         )
         return 2
-    settings = parse_args(argv)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -343,4 +386,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for quiet in ("distributed", "tornado"):  # the Dask client's own chatter
         if not logging.getLogger(quiet).isEnabledFor(logging.DEBUG):
             logging.getLogger(quiet).setLevel(logging.WARNING)
+    if settings.check is not None:
+        return check(settings, settings.check)
     return asyncio.run(run(settings))

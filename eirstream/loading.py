@@ -6,6 +6,7 @@ made fits `SampleSource`. `load_checked_source` adds the full check of its
 `getInfo` payload against EIR's layout (eirformat.py).
 """
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -17,16 +18,19 @@ from typing import Any
 
 from eirstream.datasets.source import make_source
 from eirstream.eirformat import check_dataset_info
+from eirstream.settings import Settings
 from eirstream.sources import SampleSource
 
 
 def load_source(spec: str, settings: dict[str, Any]) -> SampleSource:
     """Build a source from "module:factory" or "path/to/file.py:factory".
 
-    A module is imported from sys.path, to which the current directory is
-    added (so `--source mydata:make` finds ./mydata.py wherever the server
-    script lives). A file is loaded directly, and its folder is added to
-    sys.path so it can import its neighbours. The factory may be a dotted
+    A module is looked up in the current directory first, then on sys.path
+    (`--source mydata:make` finds ./mydata.py wherever the server is
+    installed, and a copy of the tutorial's data_simulator.py or
+    single_sample_simulation.py in the current directory wins over the
+    installed one). A file is loaded directly, and its folder goes first on
+    sys.path so it imports its neighbours. The factory may be a dotted
     attribute (`module:Class.create`); it gets `settings` (seed,
     sequence_length, max_iterations) as keyword arguments. Every problem
     raises ValueError with a one-line message naming the spec.
@@ -72,6 +76,15 @@ def load_source(spec: str, settings: dict[str, Any]) -> SampleSource:
 
 
 DATASET_SOURCE = "eirstream.datasets.source:make_source"  # what --dataset serves
+
+
+def load_configured_source(settings: Settings) -> SampleSource:
+    """The source the command line configures: `--dataset`'s, or the
+    checked `--source` (the tutorial's simulated data by default)."""
+    source_settings = settings.source_settings()
+    if settings.dataset is not None:
+        return load_dataset_source(source_settings)
+    return load_checked_source(settings.source, source_settings)
 
 
 def load_dataset_source(settings: dict[str, Any]) -> SampleSource:
@@ -140,6 +153,19 @@ def is_file_spec(target: str) -> bool:
     return target.endswith(".py") or "/" in target or os.sep in target
 
 
+def search_first(folder: str) -> None:
+    """Put `folder` first on sys.path (moved there if it is further down),
+    so that the source's modules are found there before those installed;
+    nothing to do when it, or "" for the current directory (as under
+    `python -m`), is first already. Worker processes are spawned with this
+    sys.path, so they import the same files."""
+    here = "" if folder == os.getcwd() else None
+    if sys.path[:1] not in ([folder], [here]):
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)
+
+
 def _import_source_module(target: str, spec: str) -> Any:
     """The module named by the part of a --source spec before the colon."""
     if is_file_spec(target):
@@ -151,9 +177,7 @@ def _import_source_module(target: str, spec: str) -> Any:
         name = f"_source_{''.join(c if c.isalnum() else '_' for c in stem)}_{digest}"
         if name in sys.modules:
             return sys.modules[name]
-        folder = os.path.dirname(path)
-        if folder not in sys.path:
-            sys.path.append(folder)
+        search_first(os.path.dirname(path))
         module_spec = importlib.util.spec_from_file_location(name, path)
         if module_spec is None or module_spec.loader is None:
             raise ValueError(f"--source {spec!r}: cannot load {path} as Python")
@@ -169,8 +193,7 @@ def _import_source_module(target: str, spec: str) -> Any:
             ) from exc
         return module
     cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
+    search_first(cwd)
     importlib.invalidate_caches()  # files (or zips) may have come since
     try:
         return importlib.import_module(target)

@@ -34,6 +34,7 @@ class Settings:
     handshake_timeout: float
     progress_interval: float
     log_level: str
+    check: int | None  # --check N: check N samples of the source, serve nothing
 
     def source_settings(self) -> dict[str, Any]:
         """The keyword arguments a source factory gets (and `dataset`, the

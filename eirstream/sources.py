@@ -27,7 +27,7 @@ class SampleSource(Protocol):
       as a set of the indices found (EIR can send hundreds of thousands of
       validation ids in one message; without it, `index_of` is called per id).
     * optionally, for `--shuffle`, `block_sizes` and `shuffle_window` (see
-      `SampleStream.for_source` in data_simulator.py).
+      `SampleStream.for_source` in stream.py).
     """
 
     num_samples: int | None

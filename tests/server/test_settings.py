@@ -76,8 +76,9 @@ def test_settings_are_the_parsed_arguments(monkeypatch: pytest.MonkeyPatch) -> N
     """Every option lands in Settings under its own name, with the parser's
     default; only --workers (None: one process per core, which may hand over
     to a thread: `workers_auto`), --source (None: the simulator, or the
-    dataset's source with --dataset) and --epochs (None: 1, or endless with
-    --dataset) are resolved."""
+    dataset's source with --dataset), --epochs (None: 1, or endless with
+    --dataset) and --log-level (None: info, or warning with --check) are
+    resolved."""
     for variable in ENVIRONMENT.values():
         monkeypatch.delenv(variable, raising=False)
     defaults = vars(build_parser().parse_args([]))
@@ -89,6 +90,7 @@ def test_settings_are_the_parsed_arguments(monkeypatch: pytest.MonkeyPatch) -> N
     assert (defaults.pop("source"), defaults.pop("epochs")) == (None, None)
     assert settings.pop("source") == "data_simulator:SimulatedHealthData"
     assert settings.pop("epochs") == 1
+    assert (defaults.pop("log_level"), settings.pop("log_level")) == (None, "info")
     assert settings == defaults
 
 
@@ -145,6 +147,20 @@ def test_bad_numbers_are_rejected_by_the_parser(args: list[str], flag: str) -> N
     done = run_server(*args, env={})
     assert done.returncode == 2
     assert flag in done.stderr and "Traceback" not in done.stderr
+
+
+def test_check_takes_an_optional_count_and_logs_only_warnings_by_default() -> None:
+    """`--check` alone checks 20 samples, `--check N` N; its log shows only
+    warnings and errors unless --log-level says otherwise, so that its result
+    is the one line it prints."""
+    assert parse_args([]).check is None
+    assert parse_args(["--check"]).check == 20
+    assert parse_args(["--check", "5"]).check == 5
+    assert parse_args(["--check"]).log_level == "warning"
+    assert parse_args(["--check", "--log-level", "debug"]).log_level == "debug"
+    done = run_server("--check", "0", env={})
+    assert done.returncode == 2
+    assert "--check: expected an integer at least 1, got 0" in done.stderr
 
 
 def test_log_level_is_read_in_either_case() -> None:

@@ -36,7 +36,8 @@ import random
 
 from plugin_helpers import row_values
 
-import stream_encoders as enc
+from eirstream import eirformat
+from eirstream import encoders as enc
 
 INFO = {
     "inputs": {"measures": {"type": "tabular"}},
@@ -265,7 +266,7 @@ def bad_specs(folder: Path) -> list[tuple[str, str]]:
         ("rows_plugin:not_callable", "not_callable is a int, not a callable factory"),
         (
             "rows_plugin:make_incomplete",
-            "the Incomplete it made does not fit SampleSource (sample_sources.py): "
+            "the Incomplete it made does not fit SampleSource (eirstream/sources.py): "
             "no dataset_info() method; no index_of() method; num_samples is "
             "'all of them'",
         ),
@@ -335,17 +336,16 @@ def test_cli_rejects_bad_sources_in_one_line_without_traceback(
         assert "ERROR" in lines[0] and fragment in lines[0], (spec, lines[0])
 
 
-def test_check_command_validates_a_source(on_path: Path) -> None:
+def check_command(*args: str) -> list[str]:
+    """The server's command line with `--check`, from the tutorial's file."""
+    return [sys.executable, str(ROOT / "simulation_streamer.py"), "--check", *args]
+
+
+def test_check_option_validates_a_source(on_path: Path) -> None:
+    """`--check N` checks the configured source and serves nothing: one line
+    and exit status 0 when it fits, one error line and 1 when not."""
     ok = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "stream_encoders.py"),
-            "rows_plugin:make",
-            "--samples",
-            "5",
-            "--max-iterations",
-            "3",
-        ],
+        check_command("5", "--source", "rows_plugin:make", "--max-iterations", "3"),
         cwd=on_path,
         capture_output=True,
         text=True,
@@ -354,6 +354,7 @@ def test_check_command_validates_a_source(on_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("ok: 3 samples checked; input measures (tabular)")
+    assert ok.stdout.count("\n") == 1 and ok.stderr == "", (ok.stdout, ok.stderr)
 
     (on_path / "bad_rows.py").write_text(
         textwrap.dedent(
@@ -372,7 +373,7 @@ def test_check_command_validates_a_source(on_path: Path) -> None:
         )
     )
     bad = subprocess.run(
-        [sys.executable, str(ROOT / "stream_encoders.py"), "bad_rows:make"],
+        check_command("--source", "bad_rows:make"),
         cwd=on_path,
         capture_output=True,
         text=True,
@@ -384,3 +385,49 @@ def test_check_command_validates_a_source(on_path: Path) -> None:
         "error: row-0: target_labels['trend'] must be nested as {'trend': value} "
         "for a array output, got 'not nested'"
     )
+
+
+def test_check_option_checks_the_default_source_and_a_dataset(
+    tmp_path: Path, index_cache: Path
+) -> None:
+    """`--check` checks whatever the command line would serve: the tutorial's
+    data by default, or `--dataset SPEC`."""
+    done = subprocess.run(
+        check_command("3"), cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == (
+        "ok: 3 samples checked; input text_input (sequence), "
+        "output text_output (sequence)\n"
+    )
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pytest.importorskip("yaml")
+    table = pa.table({"age": [20, 30, 40], "label": ["a", "b", "a"]})
+    pq.write_table(table, tmp_path / "people.parquet")
+    spec = tmp_path / "people.yaml"
+    spec.write_text(
+        "files: people.parquet\n"
+        "inputs:\n  clinical: {type: tabular, columns: [age]}\n"
+        "outputs:\n  label: {type: tabular, columns: [label]}\n"
+    )
+    done = subprocess.run(
+        check_command("--dataset", str(spec)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == (
+        "ok: 3 samples checked; input clinical (tabular), output label (tabular)\n"
+    )
+    spec.write_text(spec.read_text().replace("[label]", "[grade]"))
+    done = subprocess.run(
+        check_command("--dataset", str(spec)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: --dataset ") and "grade" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
