@@ -1,7 +1,7 @@
 """examples/multimodal: every EIR modality from one simulated source.
 
 Unit tests decode each payload with independent code (struct and the PNG
-decoder of test_encoders.py) and check determinism and the hidden signal a
+decoder of support/encodings.py) and check determinism and the hidden signal a
 model is meant to learn; the server serves it unchanged through --source; and
 the real eirtrain trains all five inputs and five outputs to a clean exit.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from support import ROOT
 from support.eir_like_client import EirLikeClient
+from support.encodings import decode_png
 from support.server_process import ServerProcess
 from support.servers import running_server
-from test_encoders import decode_png
 
 from eirstream import eirformat
 from examples.multimodal.source import (
