@@ -2,8 +2,8 @@
 
 Imported only when `--cluster` is given, so the server runs without Dask's
 `distributed` package installed. The engine implements
-sample_producer.Engine: the producer hands it chunks of indices like any
-other engine.
+engines.Engine: the producer hands it tasks of indices like any other
+engine.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import eirstream
 from eirstream.engines import frozen
 from eirstream.loading import is_file_spec
-from eirstream.tasks import MadeChunk, make_chunk
+from eirstream.making import MadeTask, make_task
 
 PACKAGE = "eirstream"  # what a worker imports to make samples, sent as one zip
 CLUSTER_CONNECT_TIMEOUT = 10  # seconds to reach a Dask scheduler at start
@@ -44,7 +44,7 @@ class DaskEngine:
     # thread: tasks of half a second keep that small beside the work
     # (bench/executors.py compares the cluster with local processes).
     task_seconds = 0.5
-    generation = 0  # the executor is never replaced (see restart)
+    restarts = 0  # the executor is never replaced (see restart)
 
     def __init__(self, address: str, spec: str, settings: dict[str, Any]) -> None:
         try:
@@ -66,7 +66,7 @@ class DaskEngine:
             ours, theirs, worker_spec = files_for_workers(spec)
             for path in ours + theirs:  # named by file: a new server replaces them
                 name = f"eir-stream:{os.path.basename(path)}"
-                if path in ours:  # the scheduler unpickles make_chunk's reference
+                if path in ours:  # the scheduler unpickles make_task's reference
                     self.client.register_plugin(SchedulerUploadFile(path), name=name)
                 self.client.register_plugin(UploadFile(path), name=name)
         except Exception as exc:
@@ -79,10 +79,10 @@ class DaskEngine:
         self._executor = self.client.get_executor(pure=False)
         self._asked, self._workers = -1.0, 0
 
-    def submit(self, indices: list[int]) -> Future[MadeChunk]:
-        return self._executor.submit(make_chunk, self._spec, self._settings, indices)
+    def submit(self, indices: list[int]) -> Future[MadeTask]:
+        return self._executor.submit(make_task, self._spec, self._settings, indices)
 
-    def observe(self, made: MadeChunk) -> None:
+    def observe(self, made: MadeTask) -> None:
         """Nothing to learn: the cluster stays."""
 
     def restart(self) -> None:
@@ -122,7 +122,7 @@ class DaskEngine:
 def files_for_workers(spec: str) -> tuple[list[str], list[str], str]:
     """What a remote worker needs to make samples of `spec`: our package as
     one zip (the scheduler needs it too, to unpickle a task's reference to
-    make_chunk), the source's own files, and the spec as the worker imports
+    make_task), the source's own files, and the spec as the worker imports
     it (a file's module is named by its stem there).
 
     The source's module goes along with the modules beside it that it

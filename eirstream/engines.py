@@ -25,28 +25,25 @@ from concurrent.futures import (
 from functools import partial
 from typing import Any, Protocol
 
+from eirstream.making import MadeTask, cached_source, encode_task, make_task
 from eirstream.sources import SampleSource
-from eirstream.tasks import MadeChunk, cached_source, encode_chunk, make_chunk
 
 logger = logging.getLogger("eirstream.engines")
 
 
-# =============================================================================
-# Engines: where a chunk of indices becomes a MadeChunk.
-# =============================================================================
 class Engine(Protocol):
     """Where samples are made. The producer uses nothing else of an engine.
 
-    `generation` changes whenever the engine's executor is replaced (a
+    `restarts` counts the times the engine's executor was replaced (a
     broken pool, a hand-over), so that a task lost by an old executor does
     not get the new one replaced too.
     """
 
     kind: str  # "processes", "thread" or "dask": for `status` and the log
     task_seconds: float  # work per task: long enough to dwarf a task's overhead
-    generation: int
+    restarts: int
 
-    def submit(self, indices: list[int]) -> Future[MadeChunk]:
+    def submit(self, indices: list[int]) -> Future[MadeTask]:
         """Start making the samples of `indices`."""
         ...
 
@@ -54,8 +51,8 @@ class Engine(Protocol):
         """How many tasks can run at once now."""
         ...
 
-    def observe(self, made: MadeChunk) -> None:
-        """Learn from what a made chunk cost (the default engine chooses by it)."""
+    def observe(self, made: MadeTask) -> None:
+        """Learn from what a made task cost (the default engine chooses by it)."""
         ...
 
     def restart(self) -> None:
@@ -105,7 +102,7 @@ def frozen(settings: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 class ProcessEngine:
     """Samples made by `workers` spawned local processes; each loads the
-    source by its spec once (`make_chunk`)."""
+    source by its spec once (`make_task`)."""
 
     kind = "processes"
     task_seconds = 0.05  # a local task's own cost is a small part of this
@@ -114,9 +111,9 @@ class ProcessEngine:
         if workers < 1:
             raise ValueError(f"a process engine needs 1 worker or more, got {workers}")
         self.workers = workers
-        self.generation = 0
+        self.restarts = 0
         self._start = (spec, frozen(settings))
-        self._task = partial(make_chunk, *self._start)
+        self._task = partial(make_task, *self._start)
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -127,20 +124,20 @@ class ProcessEngine:
             initargs=self._start,
         )
 
-    def submit(self, indices: list[int]) -> Future[MadeChunk]:
+    def submit(self, indices: list[int]) -> Future[MadeTask]:
         return self._pool.submit(self._task, indices)
 
     def live_workers(self) -> int:
         return self.workers
 
-    def observe(self, made: MadeChunk) -> None:
+    def observe(self, made: MadeTask) -> None:
         """Nothing to learn: the processes stay."""
 
     def restart(self) -> None:
         """A fresh pool: a pool whose worker died is broken for good."""
         self.close()
         self._pool = self._new_pool()
-        self.generation += 1
+        self.restarts += 1
 
     def pids(self) -> list[int]:
         return list(self._processes())
@@ -157,7 +154,7 @@ class ProcessEngine:
         end), and the pool never reports itself broken. Stopping the pool's
         processes and closing our write end ends that read; the pool then
         fails its futures with BrokenProcessPool as usual, and a new pool
-        makes their chunks again.
+        makes their tasks again.
         """
         processes = list(self._processes().values())
         if not any(process.exitcode is not None for process in processes):
@@ -210,22 +207,22 @@ class ThreadEngine:
 
     def __init__(self, source: SampleSource) -> None:
         self.source = source
-        self.generation = 0
+        self.restarts = 0
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="samples")
 
-    def submit(self, indices: list[int]) -> Future[MadeChunk]:
-        return self._thread.submit(encode_chunk, self.source, indices)
+    def submit(self, indices: list[int]) -> Future[MadeTask]:
+        return self._thread.submit(encode_task, self.source, indices)
 
     def live_workers(self) -> int:
         return 1
 
-    def observe(self, made: MadeChunk) -> None:
+    def observe(self, made: MadeTask) -> None:
         """Nothing to learn: the thread stays."""
 
     def restart(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="samples")
-        self.generation += 1
+        self.restarts += 1
 
     def heal(self) -> None:
         """Nothing to heal: the thread is this process."""
@@ -251,9 +248,9 @@ class DefaultEngine:
     over to a thread of the server, once and for good. It judges a sample by
     the wall time its making took, waiting included: a source that waits on
     files, a database or a network is as slow as it feels, and keeps its
-    processes, which wait in parallel. The cheapest chunk decides, since page
-    faults, a cold cache and a busy machine only ever add to a chunk's time;
-    the first chunk (which loads the source) does not count.
+    processes, which wait in parallel. The cheapest task decides, since page
+    faults, a cold cache and a busy machine only ever add to a task's time;
+    the first task (which loads the source) does not count.
     """
 
     # This process's CPU per byte of a sample received from a worker process;
@@ -265,13 +262,13 @@ class DefaultEngine:
         self, source: SampleSource, spec: str, settings: dict[str, Any], workers: int
     ) -> None:
         self.source = source
-        self.generation = 0
+        self.restarts = 0
         self.choosing = True
         self._current: ProcessEngine | ThreadEngine = ProcessEngine(
             spec, settings, workers
         )
-        self._cheapest = float("inf")  # seconds per sample, in one chunk
-        self._measured = -1  # samples measured; -1: the first chunk is ignored
+        self._cheapest = float("inf")  # seconds per sample, in one task
+        self._measured = -1  # samples measured; -1: the first task is ignored
 
     @property
     def kind(self) -> str:
@@ -281,13 +278,13 @@ class DefaultEngine:
     def task_seconds(self) -> float:
         return self._current.task_seconds
 
-    def submit(self, indices: list[int]) -> Future[MadeChunk]:
+    def submit(self, indices: list[int]) -> Future[MadeTask]:
         return self._current.submit(indices)
 
     def live_workers(self) -> int:
         return self._current.live_workers()
 
-    def observe(self, made: MadeChunk) -> None:
+    def observe(self, made: MadeTask) -> None:
         samples = len(made.offsets) - 1
         if not self.choosing or not samples:
             return
@@ -305,7 +302,7 @@ class DefaultEngine:
 
     def _hand_over(self, processes: ProcessEngine, receiving: float) -> None:
         self._current = ThreadEngine(self.source)
-        self.generation += 1  # a task the processes lose is made again, here
+        self.restarts += 1  # a task the processes lose is made again, here
         processes.retire()
         logger.info(
             "a sample takes %.2f us to make and would take about %.2f us to "
@@ -317,7 +314,7 @@ class DefaultEngine:
 
     def restart(self) -> None:
         self._current.restart()
-        self.generation += 1
+        self.restarts += 1
 
     def heal(self) -> None:
         self._current.heal()

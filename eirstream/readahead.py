@@ -1,19 +1,14 @@
-"""Sample making: stream indices -> `data` replies, made ahead of need.
+"""The read-ahead: stream indices -> `data` replies, made ahead of need.
 
 A sample is a pure function of its index, so making samples is the one job
 that can run anywhere: the stream (cursor, validation ids) stays in the
-server, and only "make these indices" goes out, a chunk of indices per task,
-to an *engine*. Every engine implements `Engine` below:
-
-  `ProcessEngine`  local worker processes (ProcessPoolExecutor, spawned);
-  `ThreadEngine`   one thread of the server process (`--workers 0`);
-  `DefaultEngine`  the default `--workers`: processes, until the samples turn
-                   out quicker to make than to receive from a process;
-  `DaskEngine`     a Dask cluster (dask_engine.py, imported for `--cluster`).
-
-`SampleProducer` keeps the stream's next indices made or in the making (the
-read-ahead, `HeldChunks`), hands chunks to the engine, a request's own chunks
-first, and answers each request with slices of made chunks.
+server, and only "make these indices" goes out, a *task* of indices at a
+time, to an *engine* (engines.py). `SampleProducer` keeps the stream's next
+indices made or in the making (the read-ahead, `HeldTasks`), hands tasks to
+the engine, a request's own tasks first, and answers each request with
+slices of made tasks (replies.py). A task's life is a state table
+(tasks.py); how large tasks and the read-ahead are is pure arithmetic
+(sizing.py).
 """
 
 from __future__ import annotations
@@ -23,147 +18,26 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import (
-    BrokenExecutor,
-)
+from concurrent.futures import BrokenExecutor
 from functools import partial
 from itertools import filterfalse, islice, pairwise
 from typing import Any
 
 from eirstream.engines import Engine
-from eirstream.tasks import MadeChunk
+from eirstream.making import MadeTask
+from eirstream.replies import Span, data_reply, spans_of
+from eirstream.sizing import (
+    SizeBounds,
+    Sizes,
+    after_request,
+    after_task,
+    first_sizes,
+    request_task_size,
+)
+from eirstream.tasks import QUEUED, RUNNING, HeldTasks, Task, TaskEvent
 
 logger = logging.getLogger("eirstream.readahead")
-
-
-# =============================================================================
-# Chunks and the read-ahead that holds them.
-# =============================================================================
-DATA_HEAD, DATA_TAIL = b'{"type":"data","payload":[', b"]}"
-
-
-class Chunk:
-    """Indices made in one task and, once made, their samples in the same
-    order: sample k is `blob[offsets[k]:offsets[k + 1]]`, with its comma,
-    empty where the source raised (see sample_sources.MadeChunk)."""
-
-    __slots__ = (
-        "asked",
-        "attempts",
-        "blob",
-        "done",
-        "failed",
-        "first",
-        "indices",
-        "made",
-        "offsets",
-        "positions",
-        "served",
-        "started",
-        "urgent",
-    )
-
-    def __init__(self, indices: list[int], urgent: bool = False) -> None:
-        self.indices = indices
-        self.first = indices[0]
-        # Where an index sits in the chunk: index - first, for a range.
-        ranged = indices == list(range(self.first, self.first + len(indices)))
-        self.positions = None if ranged else {i: at for at, i in enumerate(indices)}
-        self.urgent = urgent  # made for a request that missed, not read ahead
-        self.asked = urgent  # a request waits for it: never dropped as stale
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.attempts = self.served = 0
-        self.made = self.failed = self.started = False
-        self.blob = memoryview(b"")
-        self.offsets: list[int] = []
-
-    def position(self, index: int) -> int:
-        return index - self.first if self.positions is None else self.positions[index]
-
-    def made_from(self, made: MadeChunk) -> None:
-        self.blob, self.offsets = memoryview(made.blob), made.offsets
-        self.failed = bool(made.failures)
-        self.made = True
-
-    def samples(self, start: int, stop: int) -> tuple[memoryview, int]:
-        """The samples at positions start..stop-1 that were made, as one slice
-        of the blob, and how many they are."""
-        offsets = self.offsets
-        piece = self.blob[offsets[start] : offsets[stop]]
-        if not self.failed:
-            return piece, stop - start
-        return piece, sum(
-            1 for at in range(start, stop) if offsets[at + 1] > offsets[at]
-        )
-
-
-Span = tuple[Chunk, int, int]  # positions start..stop-1 of a made chunk
-
-
-class HeldChunks:
-    """The chunks the producer holds, made or in the making, and which chunk
-    makes each index. Each index is in one held chunk at most."""
-
-    def __init__(self) -> None:
-        self.where: dict[int, Chunk] = {}  # index -> the chunk that makes it
-        self.chunks: dict[Chunk, None] = {}  # the chunks in `where`, oldest first
-        self.samples = 0  # in those chunks
-        self.unserved = 0  # of those, the ones not served yet
-
-    def hold(self, chunk: Chunk) -> None:
-        self.where.update(dict.fromkeys(chunk.indices, chunk))
-        self.chunks[chunk] = None
-        self.samples += len(chunk.indices)
-        self.unserved += len(chunk.indices)
-
-    def served(self, chunk: Chunk, count: int) -> None:
-        """`count` samples of `chunk` went out; a chunk served in full goes."""
-        if chunk not in self.chunks:  # let go of while its request waited
-            return
-        left = len(chunk.indices) - chunk.served
-        chunk.served += count
-        self.unserved -= min(count, max(left, 0))
-        if chunk.served >= len(chunk.indices):
-            self.let_go(chunk)
-
-    def let_go(self, chunk: Chunk) -> None:
-        if self.chunks.pop(chunk, False) is False:
-            return
-        # map: no Python loop per index
-        deque(map(self.where.__delitem__, chunk.indices), maxlen=0)
-        self.samples -= len(chunk.indices)
-        self.unserved -= max(len(chunk.indices) - chunk.served, 0)
-
-    def trim(self, limit: int) -> None:
-        """Let go of the oldest made chunks until at most `limit` samples are
-        held (samples made ahead and never asked for must not pin memory)."""
-        if self.samples <= limit:
-            return
-        for chunk in list(self.chunks):
-            if self.samples <= limit:
-                return
-            if chunk.made:
-                self.let_go(chunk)
-
-
-def spans_of(
-    indices: list[int], chunk_of: Callable[[int], Chunk | None]
-) -> list[Span] | None:
-    """`indices` as spans of consecutive samples of made chunks; None if one
-    of them is not made (or not even asked for) yet."""
-    spans: list[Span] = []
-    at, wanted = 0, len(indices)
-    while at < wanted:
-        chunk = chunk_of(indices[at])
-        if chunk is None or not chunk.made:
-            return None
-        start = chunk.position(indices[at])
-        stop = min(len(chunk.indices), start + wanted - at)
-        if chunk.indices[start:stop] != indices[at : at + stop - start]:
-            stop = start + 1  # not in the chunk's order (after a rewind)
-        spans.append((chunk, start, stop))
-        at += stop - start
-    return spans
+ASKED = ", asked for by a request"  # ends the log line of a task a request waits for
 
 
 class FailureLog:
@@ -181,7 +55,8 @@ class FailureLog:
         self._in_a_row = 0
         self._logged: set[int] = set()
 
-    def record(self, chunk: Chunk, failures: dict[int, str]) -> None:
+    def record(self, task: Task, failures: dict[int, str]) -> None:
+        """Count and log the failures of a made task, in its order."""
         if not failures:
             self._in_a_row = 0
             return
@@ -191,7 +66,7 @@ class FailureLog:
             if index not in self._logged and len(self._logged) < self.LOGGED:
                 self._logged.add(index)
                 logger.error("the source raised for sample index %d: %s", index, text)
-        for start, end in pairwise(chunk.offsets):  # in order: failures in a row
+        for start, end in pairwise(task.offsets):  # in order: failures in a row
             self._in_a_row = 0 if end > start else self._in_a_row + 1
         if self._in_a_row >= self.FAILURES_IN_A_ROW and self.broken is None:
             self.broken = (
@@ -202,71 +77,68 @@ class FailureLog:
             logger.error("%s", self.broken)
 
 
-# =============================================================================
-# The producer.
-# =============================================================================
 class SampleProducer:
     """The `data` replies for stream indices, made by an engine.
 
     `prefetch` keeps the stream's next `read_ahead` indices made or in the
-    making, in chunks. A request is usually a span of consecutive samples of
-    one or two made chunks, so its reply is a slice of each and no work per
-    sample. A sample depends on its index alone, so a sample made ahead stays
-    right whatever the stream does: after a rewind it is served when its
-    index comes round again. A chunk is let go once all its samples were
-    served; the chunks held have at most 2 x read_ahead + chunk_size samples
-    (the oldest made ones go first).
+    making, in tasks. A sample depends on its index alone, so a sample made
+    ahead stays right whatever the stream does: after a rewind it is served
+    when its index comes round again. A task is let go once all its samples
+    were served; the tasks held have at most 2 x read_ahead + task_size
+    samples (the oldest made ones go first).
 
     Order of work: at most `max_in_flight` tasks are at the engine at a time;
-    the rest wait in a queue here. A request's own chunks go to the front of
+    the rest wait in a queue here. A request's own tasks go to the front of
     that queue, and read-ahead the stream no longer wants (it rewound) is
     dropped from it, so a request waits at most for the tasks in flight.
 
-    Sizes: a task makes `chunk_size` samples, sized from the measured time a
-    sample takes so that a task takes about the engine's `task_seconds`: a
-    cheap source gets big tasks (each task costs the engine some fixed
-    work), a heavy one small tasks that spread over every worker; large
-    samples get fewer per task (at most MAX_CHUNK_BYTES of them).
+    Sizes: a task makes `task_size` samples, about the engine's
+    `task_seconds` of work, and the read-ahead grows with the tasks and the
+    requests, within `bounds` (sizing.py says how).
 
-    Faults: a chunk whose task was lost (its worker died, the pool broke) is
-    made again, the same bytes since they depend on the index alone, up to
+    Faults: a task that was lost (its worker died, the pool broke) is made
+    again, the same bytes since they depend on the index alone, up to
     MAX_ATTEMPTS times; a broken local pool is replaced, up to MAX_RESTARTS a
     minute. A sample whose source raised is left out of its reply (see
     `FailureLog`).
     """
 
-    # Near-free samples want big chunks (a task costs a fixed amount of
-    # shipping); much larger ones would hold the GIL for long in a thread.
-    # Until a sample is measured, chunks are as small as they get: the first
-    # tasks of a slow source must not hold up the requests behind them.
-    MIN_CHUNK, MAX_CHUNK = 8, 16384
-    MAX_CHUNK_BYTES = 16 * 2**20  # large samples get smaller chunks
-    MAX_READ_AHEAD = 2 * MAX_CHUNK
-    # The read-ahead holds at most this many bytes of samples, or one batch
-    # if a batch is larger: large samples (images) must not fill the memory.
-    MAX_AHEAD_BYTES = 64 * 2**20
+    bounds = SizeBounds()
     MAX_ATTEMPTS = 3
     MAX_RESTARTS = 5
     WAIT_WARNING = 10.0  # seconds a request waits before the log says why
     HEAL_AFTER = 1.0  # seconds a request waits before the engine is checked
 
-    def __init__(self, engine: Engine, read_ahead: int = 1024) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        read_ahead: int = 1024,
+        bounds: SizeBounds | None = None,
+    ) -> None:
         self.engine = engine
-        self.read_ahead = read_ahead
-        self.chunk_size = self.MIN_CHUNK  # samples per task, until measured
-        self.held = HeldChunks()
+        if bounds is not None:
+            self.bounds = bounds
+        self.sizes: Sizes = first_sizes(read_ahead, self.bounds)
+        self.held = HeldTasks()
         self.failures = FailureLog()
-        self._sample_seconds = 0.0  # a moving average, once measured
-        self._sample_bytes = 0.0  # the largest average of a chunk so far
-        self._largest_request = 0
-        self._queue: deque[Chunk] = deque()  # chunks not yet at the engine
+        self._queue: deque[Task] = deque()  # tasks not yet at the engine
         self._in_flight = 0
         self._missed = True  # the last request asked for samples nobody made
         self._closed = False
-        self._restarts: deque[float] = deque()
+        self._restart_times: deque[float] = deque()  # of the pool, last minute
         self._pool_broken: str | None = None
-        self.samples_made = self.chunks_remade = self.pool_restarts = 0
+        self.samples_made = self.tasks_remade = self.pool_restarts = 0
         self.served_from_read_ahead = 0
+
+    @property
+    def read_ahead(self) -> int:
+        """Samples kept made or in the making ahead of the stream."""
+        return self.sizes.read_ahead
+
+    @property
+    def task_size(self) -> int:
+        """Samples per task of read-ahead."""
+        return self.sizes.task_size
 
     @property
     def broken(self) -> str | None:
@@ -285,77 +157,64 @@ class SampleProducer:
         samples it holds (samples whose source raised are left out)."""
         if self._closed:
             raise RuntimeError("server shutting down")
-        if len(indices) > self._largest_request:
-            self._largest_request = len(indices)
-        if len(indices) * 2 > self.read_ahead:
-            wanted = min(self.MAX_READ_AHEAD, len(indices) * 2)
-            self.read_ahead = min(wanted, self._ahead_limit())
+        self.sizes = after_request(self.sizes, self.bounds, len(indices))
         spans = spans_of(indices, self.held.where.get)
         if spans is None:  # some of them are not made yet
             spans = await self._make_missing(indices)
-        pieces: list[bytes | memoryview] = [DATA_HEAD]
-        served = 0
-        for chunk, start, stop in spans:
-            piece, made = chunk.samples(start, stop)
-            if made:
-                pieces.append(piece)
-                served += made
-            if not chunk.urgent:
+        reply, served = data_reply(spans)
+        for task, start, stop in spans:
+            if not task.for_request:
                 self.served_from_read_ahead += stop - start
-            self.held.served(chunk, stop - start)
+            self.held.served(task, stop - start)
         if not served:
             raise RuntimeError(
                 f"the source raised for all {len(indices)} samples of this batch "
                 f"(last: {self.failures.last}); see the server log"
             )
-        pieces[-1] = pieces[-1][:-1]  # the last sample's comma
-        pieces.append(DATA_TAIL)
-        return b"".join(pieces), served  # the one copy of the samples
+        return reply, served
 
     async def _make_missing(self, indices: list[int]) -> list[Span]:
-        """Wait for the chunks of `indices`: those queued move to the front
-        of the queue, and those no chunk makes yet are asked for there (split
+        """Wait for the tasks of `indices`: those queued move to the front
+        of the queue, and those no task makes yet are asked for there (split
         so that every worker takes a share)."""
         where = self.held.where
-        # Kept here: the read-ahead may let go of a chunk while we wait.
+        # Kept here: the read-ahead may let go of a task while we wait.
         owners = {index: where.get(index) for index in indices}
-        unasked = [index for index, chunk in owners.items() if chunk is None]
+        unasked = [index for index, task in owners.items() if task is None]
         # Only then has the stream left the read-ahead (a rewind, say), for
-        # the next prefetch to look at anew; a request that waits for chunks
+        # the next prefetch to look at anew; a request that waits for tasks
         # in the making just found the workers behind.
         self._missed = self._missed or bool(unasked)
-        ours = list({id(c): c for c in owners.values() if c is not None}.values())
+        ours = list({id(t): t for t in owners.values() if t is not None}.values())
         if unasked:
-            workers = max(1, self.engine.live_workers())
-            size = min(
-                self.chunk_size, max(self.MIN_CHUNK, -(-len(unasked) // workers))
-            )
+            workers = self.engine.live_workers()
+            size = request_task_size(self.sizes, self.bounds, len(unasked), workers)
             for at in range(0, len(unasked), size):
-                chunk = Chunk(unasked[at : at + size], urgent=True)
-                self.held.hold(chunk)
-                owners.update(dict.fromkeys(chunk.indices, chunk))
-                ours.append(chunk)
-        for chunk in ours:  # (one at work now may come back to the queue)
-            chunk.asked = True
-        waiting = [c for c in ours if not c.started and not c.done.done()]
+                task = Task(unasked[at : at + size], for_request=True)
+                self.held.hold(task)
+                owners.update(dict.fromkeys(task.indices, task))
+                ours.append(task)
+        for task in ours:  # (one at work now may come back to the queue)
+            task.asked = True
+        waiting = [task for task in ours if task.state is QUEUED]
         if waiting:
             self._to_front(waiting)
         await self._wait_for(ours)
         spans = spans_of(indices, owners.get)
-        if spans is None:  # _wait_for raises for a chunk that failed
-            raise RuntimeError("a chunk was done but not made")
+        if spans is None:  # _wait_for raises for a task that failed
+            raise RuntimeError("a task was done but not made")
         return spans
 
-    def _to_front(self, chunks: list[Chunk]) -> None:
-        """Put `chunks` first in the queue, in order, and start them."""
-        first = set(map(id, chunks))
-        rest = [chunk for chunk in self._queue if id(chunk) not in first]
-        self._queue = deque(chunks)
+    def _to_front(self, tasks: list[Task]) -> None:
+        """Put `tasks` first in the queue, in order, and start them."""
+        first = set(map(id, tasks))
+        rest = [task for task in self._queue if id(task) not in first]
+        self._queue = deque(tasks)
         self._queue.extend(rest)
         self._pump()
 
-    async def _wait_for(self, chunks: list[Chunk]) -> None:
-        pending = [c.done for c in chunks if not c.done.done()]
+    async def _wait_for(self, tasks: list[Task]) -> None:
+        pending = [task.done for task in tasks if not task.done.done()]
         waited = 0.0
         while pending:
             _, still = await asyncio.wait(pending, timeout=self.HEAL_AFTER)
@@ -373,8 +232,8 @@ class SampleProducer:
                     self._in_flight,
                 )
             pending = list(still)
-        for chunk in chunks:
-            chunk.done.result()  # raises if the chunk could not be made
+        for task in tasks:
+            task.done.result()  # raises if the task could not be made
 
     def prefetch(self, peek: Callable[[int], Sequence[int]]) -> None:
         """Top up the read-ahead from `peek(n)`, the stream's next n indices,
@@ -396,169 +255,161 @@ class SampleProducer:
         known = 0 if missed else min(held.unserved, len(upcoming))
         fresh = filterfalse(held.where.__contains__, islice(upcoming, known, None))
         # An index comes again in the next epoch: read ahead up to its first
-        # coming only, since a chunk holds each index once (dict keeps order).
+        # coming only, since a task holds each index once (dict keeps order).
         new = list(dict.fromkeys(fresh))
-        size = self.chunk_size
+        size = self.task_size
         for start in range(0, len(new), size):
-            chunk = Chunk(new[start : start + size])
-            held.hold(chunk)
-            self._queue.append(chunk)
+            task = Task(new[start : start + size])
+            held.hold(task)
+            self._queue.append(task)
         held.trim(2 * self.read_ahead + size)
         self._pump()
 
     def _drop_stale(self, upcoming: Sequence[int]) -> None:
-        """Let go of queued read-ahead chunks with none of the upcoming
+        """Give up queued read-ahead tasks with none of the upcoming
         indices: the stream moved away from them (a rewind)."""
         wanted = set(upcoming)
         self._drop_queued(
-            lambda chunk: not wanted.isdisjoint(chunk.indices),
+            lambda task: not wanted.isdisjoint(task.indices),
             "read ahead for indices the stream left",
         )
 
-    def _drop_queued(self, wanted: Callable[[Chunk], bool], why: str) -> None:
-        """Let go of the queued read-ahead chunks that `wanted` refuses, in
-        queue order; a chunk a request waits for always stays."""
-        keep: deque[Chunk] = deque()
-        for chunk in self._queue:
-            if chunk.asked or wanted(chunk):
-                keep.append(chunk)
+    def _drop_queued(self, wanted: Callable[[Task], bool], why: str) -> None:
+        """Give up the queued read-ahead tasks that `wanted` refuses, in
+        queue order; a task a request waits for always stays."""
+        keep: deque[Task] = deque()
+        for task in self._queue:
+            if task.asked or wanted(task):
+                keep.append(task)
             else:
-                self._fail(chunk, why)
+                self._give_up(task, why)
         self._queue = keep
 
-    # -- tasks ---------------------------------------------------------------
+    # -- tasks at the engine ---------------------------------------------------
     def _pump(self) -> None:
-        """Hand queued chunks to the engine, up to max_in_flight."""
+        """Hand queued tasks to the engine, up to max_in_flight."""
         queue = self._queue
         while queue and self._in_flight < self.max_in_flight and not self._closed:
-            chunk = queue.popleft()
+            task = queue.popleft()
             if self.broken:
-                self._fail(chunk, self.broken)
+                self._give_up(task, self.broken)
                 continue
-            if chunk.done.done():
+            if task.state is not QUEUED:
                 continue
-            generation = self.engine.generation
+            restarts = self.engine.restarts
             try:
-                task = self.engine.submit(chunk.indices)
+                future = self.engine.submit(task.indices)
             except BrokenExecutor:  # found broken before a task told us
-                queue.appendleft(chunk)
-                self._restart(generation, "the local worker pool broke")
+                queue.appendleft(task)
+                self._restart(restarts, "the local worker pool broke")
                 continue
-            chunk.started = True
+            task.enter(TaskEvent.SUBMITTED)
             self._in_flight += 1
-            asyncio.wrap_future(task).add_done_callback(
-                partial(self._task_done, chunk, generation)
+            asyncio.wrap_future(future).add_done_callback(
+                partial(self._task_done, task, restarts)
             )
 
     def _task_done(
-        self, chunk: Chunk, generation: int, task: asyncio.Future[MadeChunk]
+        self, task: Task, restarts: int, future: asyncio.Future[MadeTask]
     ) -> None:
+        """What the engine reports for `task`, submitted when the engine had
+        had `restarts` restarts: its samples, or that it was lost."""
         self._in_flight -= 1
-        problem = None if task.cancelled() else task.exception()  # (retrieved)
-        if self._closed or task.cancelled():  # cancelled: only at shutdown
-            self._fail(chunk, "server shutting down")
+        problem = None if future.cancelled() else future.exception()  # (retrieved)
+        if self._closed or future.cancelled():  # cancelled: only at shutdown
+            self._give_up(task, "server shutting down")
             return
-        if problem is None:
-            try:
-                self._finish(chunk, task.result())
-            except Exception as exc:  # a malformed result must not strand requests
-                logger.exception(
-                    "the result of a task for %d samples", len(chunk.indices)
-                )
-                self._fail(chunk, f"a task's result was unusable: {exc!r}")
-        else:
-            chunk.attempts += 1
-            chunk.started = False
-            if isinstance(problem, BrokenExecutor):
-                self._restart(generation, f"a local worker process died ({problem})")
-            if self.broken or chunk.attempts >= self.MAX_ATTEMPTS:
-                self._fail(chunk, self.broken or f"{type(problem).__name__}: {problem}")
+        if task.state is RUNNING:  # else given up at the engine: nothing to do
+            if problem is None:
+                self._finish(task, future.result())
             else:
-                self.chunks_remade += 1
-                self._queue.appendleft(chunk)
+                self._lost(task, restarts, problem)
         self._pump()
 
-    def _restart(self, generation: int, why: str) -> None:
+    def _lost(self, task: Task, restarts: int, problem: BaseException) -> None:
+        """Queue a lost task again, first, or give it up after MAX_ATTEMPTS."""
+        task.enter(TaskEvent.LOST)
+        if isinstance(problem, BrokenExecutor):
+            self._restart(restarts, f"a local worker process died ({problem})")
+        if self.broken or task.attempts >= self.MAX_ATTEMPTS:
+            self._give_up(task, self.broken or f"{type(problem).__name__}: {problem}")
+        else:
+            self.tasks_remade += 1
+            self._queue.appendleft(task)
+
+    def _restart(self, restarts: int, why: str) -> None:
         """Once per broken executor: a new one, unless they keep breaking."""
-        if generation != self.engine.generation:
+        if restarts != self.engine.restarts:
             return  # the executor this task ran on has been replaced already
         now = time.monotonic()
-        self._restarts.append(now)
-        while now - self._restarts[0] > 60:
-            self._restarts.popleft()
-        if len(self._restarts) > self.MAX_RESTARTS:
+        self._restart_times.append(now)
+        while now - self._restart_times[0] > 60:
+            self._restart_times.popleft()
+        if len(self._restart_times) > self.MAX_RESTARTS:
             self._pool_broken = (
-                f"sample workers keep dying ({len(self._restarts)} times in a "
+                f"sample workers keep dying ({len(self._restart_times)} times in a "
                 f"minute; last: {why}); restart the server after fixing the cause"
             )
             logger.error("%s", self._pool_broken)
             return
         self.pool_restarts += 1
         logger.warning(
-            "%s; starting new worker processes and making its unfinished chunks again",
+            "%s; starting new worker processes and making its unfinished tasks again",
             why,
         )
         self.engine.restart()
 
-    def _finish(self, chunk: Chunk, made: MadeChunk) -> None:
-        wanted, size = len(chunk.indices), len(made.blob)
-        if len(made.offsets) != wanted + 1 or made.offsets[-1] != size:
-            ends = made.offsets[-1] if made.offsets else None
-            raise ValueError(
-                f"{len(made.offsets) - 1} samples ({size} bytes, offsets up to "
-                f"{ends}) for {wanted} indices"
+    def _finish(self, task: Task, made: MadeTask) -> None:
+        """Keep a made task's samples, once they prove whole, and learn from
+        what it cost; a malformed result fails the task, not the server."""
+        try:
+            check_made(task, made)
+            self._resize(
+                made.seconds / len(task.indices), len(made.blob) / len(task.indices)
             )
-        self._resize(made.seconds / wanted, size / wanted)
-        chunk.made_from(made)
-        self.samples_made += wanted - len(made.failures)
-        self.failures.record(chunk, made.failures)
-        self.engine.observe(made)
-        if not chunk.done.done():
-            chunk.done.set_result(None)
+            task.enter(TaskEvent.FINISHED, made=made)
+            logger.debug(
+                "made a task of %d samples from index %d%s",
+                len(task.indices),
+                task.first,
+                ASKED if task.asked else "",
+            )
+            self.samples_made += len(task.indices) - len(made.failures)
+            self.failures.record(task, made.failures)
+            self.engine.observe(made)
+        except Exception as exc:  # a malformed result must not strand requests
+            logger.exception("the result of a task for %d samples", len(task.indices))
+            self._give_up(task, f"a task's result was unusable: {exc!r}")
 
-    def _resize(self, sample_seconds: float, sample_bytes: float) -> None:
-        """Chunks of about the engine's task_seconds of work and at most
-        MAX_CHUNK_BYTES, and a read-ahead of at least two chunks per worker."""
-        average = self._sample_seconds
-        average = 0.8 * average + 0.2 * sample_seconds if average else sample_seconds
-        self._sample_seconds = average
-        size = int(self.engine.task_seconds / max(average, 1e-9))
-        size = min(size, int(self.MAX_CHUNK_BYTES / max(sample_bytes, 1.0)))
-        self.chunk_size = max(self.MIN_CHUNK, min(self.MAX_CHUNK, size))
-        self._sample_bytes = max(self._sample_bytes, sample_bytes)
-        wanted = 2 * self.chunk_size * max(1, self.engine.live_workers())
+    def _resize(self, seconds_each: float, bytes_each: float) -> None:
+        """New sizes from a made task's cost; queued read-ahead past a
+        smaller read-ahead goes."""
         before = self.read_ahead
-        self.read_ahead = max(self.read_ahead, min(self.MAX_READ_AHEAD, wanted))
-        self.read_ahead = min(self.read_ahead, self._ahead_limit())
+        self.sizes = after_task(
+            self.sizes,
+            self.bounds,
+            seconds_each=seconds_each,
+            bytes_each=bytes_each,
+            task_seconds=self.engine.task_seconds,
+            workers=self.engine.live_workers(),
+        )
         if self.read_ahead < before:
             self._trim_queue()
 
-    def _ahead_limit(self) -> int:
-        """The most samples the read-ahead may hold: MAX_AHEAD_BYTES of them
-        (once their size is known), or the largest request if that is more."""
-        if not self._sample_bytes:
-            return self.MAX_READ_AHEAD
-        by_bytes = int(self.MAX_AHEAD_BYTES / self._sample_bytes)
-        return max(
-            self.MIN_CHUNK, self._largest_request, min(by_bytes, self.MAX_READ_AHEAD)
-        )
-
     def _trim_queue(self) -> None:
-        """Let go of queued read-ahead past the read-ahead's (new) size."""
+        """Give up queued read-ahead past the read-ahead's (new) size."""
         room = self.read_ahead
 
-        def within(chunk: Chunk) -> bool:
+        def within(task: Task) -> bool:
             nonlocal room
-            fits, room = room > 0, room - len(chunk.indices)
+            fits, room = room > 0, room - len(task.indices)
             return fits
 
         self._drop_queued(within, "read ahead past the read-ahead's size")
 
-    def _fail(self, chunk: Chunk, message: str) -> None:
-        self.held.let_go(chunk)
-        if not chunk.done.done():
-            chunk.done.set_exception(RuntimeError(message))
-            chunk.done.add_done_callback(_consume_exception)
+    def _give_up(self, task: Task, why: str) -> None:
+        self.held.let_go(task)
+        task.enter(TaskEvent.GIVEN_UP, why=why)
 
     # -- reporting and shutdown -----------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -566,16 +417,16 @@ class SampleProducer:
         return {
             "engine": self.engine.kind,
             "workers": self.engine.live_workers(),
-            "chunks_in_flight": self._in_flight,
-            "chunks_queued": len(self._queue),
+            "tasks_in_flight": self._in_flight,
+            "tasks_queued": len(self._queue),
             "read_ahead": self.read_ahead,
-            "chunk": self.chunk_size,
+            "task_size": self.task_size,
             "samples_ahead": self.held.unserved,  # made or in the making
             "samples_held": self.held.samples,  # in memory here, served or not
             "samples_made": self.samples_made,
             "samples_failed": self.failures.count,
             "samples_served_from_read_ahead": self.served_from_read_ahead,
-            "chunks_remade": self.chunks_remade,
+            "tasks_remade": self.tasks_remade,
             "pool_restarts": self.pool_restarts,
             "worker_pids": self.engine.pids(),
         }
@@ -583,13 +434,19 @@ class SampleProducer:
     def close(self) -> None:
         """Stop making samples; requests still waiting get an error."""
         self._closed = True
-        for chunk in [*self._queue, *self.held.chunks]:
-            self._fail(chunk, "server shutting down")
+        for task in [*self._queue, *self.held.tasks]:
+            self._give_up(task, "server shutting down")
         self._queue.clear()
         self.engine.close()
 
 
-def _consume_exception(future: asyncio.Future[Any]) -> None:
-    # A chunk made ahead may fail with nobody awaiting it; don't warn about that.
-    if not future.cancelled():
-        future.exception()
+def check_made(task: Task, made: MadeTask) -> None:
+    """ValueError unless `made` has a sample, however empty, for each index
+    of `task`, and offsets that end where its blob ends."""
+    wanted, size = len(task.indices), len(made.blob)
+    if len(made.offsets) != wanted + 1 or made.offsets[-1] != size:
+        ends = made.offsets[-1] if made.offsets else None
+        raise ValueError(
+            f"{len(made.offsets) - 1} samples ({size} bytes, offsets up to "
+            f"{ends}) for {wanted} indices"
+        )

@@ -275,7 +275,7 @@ class StreamServer:
         return {
             "connections_total": self.connections_total,
             "uptime_s": round(time.monotonic() - self.started, 1),
-            "generation": self.producer.status(),
+            "making": self.producer.status(),
         }
 
     async def _report_progress(self, interval: float) -> None:

@@ -1,125 +1,193 @@
-"""A task: the samples of a list of indices, made as one blob of JSON.
+"""The life of a task, and the tasks the read-ahead holds.
 
-This is the work an engine runs, in the server's thread, a local worker
-process or a Dask worker: `make_task` loads the source by name (once per
-process) and `encode_task` turns its samples into a `MadeTask`.
+A *task* is the unit of work the producer (readahead.py) sends to an
+engine: a list of sample indices to make. Its result is a `MadeTask`
+(making.py). The rules of a task's life:
+
+1. A task starts QUEUED: held by the producer, waiting in its queue.
+2. Only a QUEUED task goes to the engine (SUBMITTED: RUNNING), one engine
+   task at a time.
+3. A RUNNING task whose engine task was lost (a worker died, the pool
+   broke) goes back to the queue (LOST: QUEUED), to be made again: its
+   samples depend on their indices alone, so the bytes are the same.
+   `attempts` counts those losses.
+4. A RUNNING task whose samples came back is MADE (FINISHED). MADE is
+   final: a made task is only ever read.
+5. A task the producer gives up on (GIVEN_UP: dropped as read-ahead the
+   stream no longer wants, lost too often, a broken source, shutdown) is
+   FAILED, and FAILED is final. A task at the engine cannot be called back:
+   giving it up takes effect at once, and the producer ignores what its
+   engine task reports later. Giving up a task that is MADE or FAILED
+   already changes nothing (shutdown gives up every task it holds).
+6. `done` resolves exactly once, when the task becomes MADE or FAILED:
+   a request waiting for the task then gets its samples or the reason.
+
+Every change of state goes through `Task.enter` and TASK_LIFE_CYCLE below.
+Who wants a task is no part of its life: `for_request` (made for a request
+that missed, not read ahead) and `asked` (a request waits for it, so it is
+never dropped as stale) are plain marks the producer sets.
 """
 
-import time
-from collections.abc import Iterable, Sequence
-from functools import cache, partial
-from itertools import accumulate, repeat
-from operator import add
-from typing import Any, NamedTuple
+import asyncio
+from collections import deque
+from enum import StrEnum
+from typing import Any
 
-from eirstream.loading import load_source
-from eirstream.sources import SampleSource, encode_samples, in_index_order, is_ascending
+from eirstream.making import MadeTask
 
 
-class MadeChunk(NamedTuple):
-    """The samples of a list of indices, as made by `encode_chunk`.
-
-    `blob` holds each sample's compact UTF-8 JSON followed by a comma, in the
-    order of the indices; sample k is `blob[offsets[k]:offsets[k + 1]]`,
-    empty where the source raised for it. A reply is then one slice of the
-    blob per run of samples, and a chunk crosses a process boundary as two
-    objects, not thousands.
-    """
-
-    blob: bytes
-    offsets: list[int]  # one more than the indices: where the last one ends
-    failures: dict[int, str]  # index -> the exception, as one line of text
-    seconds: float  # wall time of the making, waiting included
+class TaskState(StrEnum):
+    QUEUED = "queued"  # held, waiting in the producer's queue (rule 1)
+    RUNNING = "running"  # at the engine (rule 2)
+    MADE = "made"  # its samples are here (rule 4)
+    FAILED = "failed"  # given up: it will not be made (rule 5)
 
 
-ENCODE_SLICE = 512  # samples asked of the source at a time (see encode_chunk)
+class TaskEvent(StrEnum):
+    SUBMITTED = "submitted"  # handed to the engine
+    LOST = "lost"  # its engine task failed; it is to be made again
+    FINISHED = "finished"  # its engine task gave back its samples
+    GIVEN_UP = "given-up"  # the producer will not have it made
 
 
-def encode_chunk(source: SampleSource, indices: Sequence[int]) -> MadeChunk:
-    """The samples of `indices`; one that raises does not cost its neighbours.
+QUEUED, RUNNING, MADE, FAILED = TaskState
 
-    The source is asked for ENCODE_SLICE samples at a time, in ascending
-    index order: a source that reads its data in blocks (a dataset) then
-    reads each block and row once per chunk, also when the chunk's indices
-    are shuffled. Where they are ascending already (the usual case), each
-    slice is encoded while its text is still in the CPU's cache; else the
-    texts are put back in the order asked first. A slice that raises is
-    asked again one index at a time, to find the culprits.
-    """
-    started = time.perf_counter()
-    failures: dict[int, str] = {}
-    pieces: list[bytes] = []
-    offsets: list[int] = [0]
-    if is_ascending(indices):
-        for at in range(0, len(indices), ENCODE_SLICE):
-            texts = _make_texts(source, indices[at : at + ENCODE_SLICE], failures)
-            _encode_texts(texts, pieces, offsets)
-    else:
-        asked = in_index_order(partial(_make_all_texts, source, failures), indices)
-        for at in range(0, len(asked), ENCODE_SLICE):
-            _encode_texts(asked[at : at + ENCODE_SLICE], pieces, offsets)
-    return MadeChunk(b"".join(pieces), offsets, failures, time.perf_counter() - started)
+TASK_LIFE_CYCLE: dict[TaskState, dict[TaskEvent, TaskState]] = {
+    # state -> {event -> next state}
+    QUEUED: {TaskEvent.SUBMITTED: RUNNING, TaskEvent.GIVEN_UP: FAILED},
+    RUNNING: {
+        TaskEvent.FINISHED: MADE,
+        TaskEvent.LOST: QUEUED,
+        TaskEvent.GIVEN_UP: FAILED,
+    },
+    MADE: {TaskEvent.GIVEN_UP: MADE},  # rule 5: final
+    FAILED: {TaskEvent.GIVEN_UP: FAILED},  # rule 5: final
+}
 
 
-def _make_all_texts(
-    source: SampleSource, failures: dict[int, str], ascending: list[int]
-) -> list[str]:
-    """`_make_texts` of `ascending`, ENCODE_SLICE indices at a time."""
-    return [
-        text
-        for at in range(0, len(ascending), ENCODE_SLICE)
-        for text in _make_texts(source, ascending[at : at + ENCODE_SLICE], failures)
-    ]
+class Task:
+    """The indices of one task and, once MADE, their samples in the same
+    order: sample k is `blob[offsets[k]:offsets[k + 1]]`, with its comma,
+    empty where the source raised (see making.MadeTask)."""
+
+    __slots__ = (
+        "asked",
+        "attempts",
+        "blob",
+        "done",
+        "first",
+        "for_request",
+        "has_failures",
+        "indices",
+        "offsets",
+        "positions",
+        "served",
+        "state",
+    )
+
+    def __init__(self, indices: list[int], for_request: bool = False) -> None:
+        self.indices = indices
+        self.first = indices[0]
+        # Where an index sits in the task: index - first, for a range.
+        ranged = indices == list(range(self.first, self.first + len(indices)))
+        self.positions = None if ranged else {i: at for at, i in enumerate(indices)}
+        self.for_request = for_request  # made for a request that missed
+        self.asked = for_request  # a request waits for it: never dropped as stale
+        self.state = QUEUED
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.attempts = self.served = 0
+        self.has_failures = False  # the source raised for some of its samples
+        self.blob = memoryview(b"")
+        self.offsets: list[int] = []
+
+    def enter(
+        self, event: TaskEvent, *, made: MadeTask | None = None, why: str = ""
+    ) -> None:
+        """The one place a task changes state: as TASK_LIFE_CYCLE says, or
+        RuntimeError for a transition the table does not have. LOST counts
+        an attempt; entering MADE keeps `made` (FINISHED gives it) and
+        entering FAILED gives `why` to those who wait (rule 6)."""
+        allowed = TASK_LIFE_CYCLE[self.state]
+        if event not in allowed:
+            raise RuntimeError(f"no transition from {self.state!r} on {event!r}")
+        if event is TaskEvent.FINISHED and made is None:
+            raise RuntimeError("a task cannot finish without its samples")
+        state = allowed[event]
+        if event is TaskEvent.LOST:
+            self.attempts += 1
+        if state is self.state:
+            return
+        self.state = state
+        if made is not None and state is MADE:
+            self.blob, self.offsets = memoryview(made.blob), made.offsets
+            self.has_failures = bool(made.failures)
+            self.done.set_result(None)
+        elif state is FAILED:
+            self.done.set_exception(RuntimeError(why))
+            self.done.add_done_callback(_consume_exception)
+
+    def position(self, index: int) -> int:
+        return index - self.first if self.positions is None else self.positions[index]
+
+    def samples(self, start: int, stop: int) -> tuple[memoryview, int]:
+        """The samples at positions start..stop-1 that were made, as one slice
+        of the blob, and how many they are."""
+        offsets = self.offsets
+        piece = self.blob[offsets[start] : offsets[stop]]
+        if not self.has_failures:
+            return piece, stop - start
+        return piece, sum(
+            1 for at in range(start, stop) if offsets[at + 1] > offsets[at]
+        )
 
 
-def _make_texts(
-    source: SampleSource, wanted: Sequence[int], failures: dict[int, str]
-) -> list[str]:
-    """`encode_samples` of `wanted`, with "" (and an entry in `failures`) for
-    each index the source raises for."""
-    try:
-        return encode_samples(source, wanted)
-    except Exception:
-        texts = []
-        for index in wanted:
-            try:
-                texts += encode_samples(source, [index])
-            except Exception as exc:
-                texts.append("")
-                failures[index] = f"{type(exc).__name__}: {exc}"
-        return texts
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    # A task made ahead may fail with nobody awaiting it; don't warn about that.
+    if not future.cancelled():
+        future.exception()
 
 
-def _encode_texts(texts: list[str], pieces: list[bytes], offsets: list[int]) -> None:
-    """Append `texts` to a blob under way: each text as UTF-8 plus a comma to
-    `pieces`, and where each one ends to `offsets`. This is the one loop run
-    for every sample served, hence the maps instead of a comprehension."""
-    sizes: Iterable[int] | None = None
-    if "" in texts:  # a failed sample takes no bytes, not even a comma
-        sizes = [len(text.encode()) + 1 if text else 0 for text in texts]
-        texts = [text for text in texts if text]
-    texts.append("")  # so that the last sample gets its comma too
-    joined = ",".join(texts)
-    del texts[-1]
-    encoded = joined.encode()
-    if sizes is None:  # ASCII (the usual case): a byte per character
-        if len(encoded) == len(joined):
-            sizes = map(add, map(len, texts), repeat(1))
-        else:
-            sizes = [len(text.encode()) + 1 for text in texts]
-    offsets += accumulate(sizes, initial=offsets.pop())
-    pieces.append(encoded)
+class HeldTasks:
+    """The tasks the producer holds, made or in the making, and which task
+    makes each index. Each index is in one held task at most."""
 
+    def __init__(self) -> None:
+        self.where: dict[int, Task] = {}  # index -> the task that makes it
+        self.tasks: dict[Task, None] = {}  # the tasks in `where`, oldest first
+        self.samples = 0  # in those tasks
+        self.unserved = 0  # of those, the ones not served yet
 
-@cache
-def cached_source(spec: str, settings: tuple[tuple[str, Any], ...]) -> SampleSource:
-    """The source of `spec`, loaded once per process (settings as sorted items)."""
-    return load_source(spec, dict(settings))
+    def hold(self, task: Task) -> None:
+        self.where.update(dict.fromkeys(task.indices, task))
+        self.tasks[task] = None
+        self.samples += len(task.indices)
+        self.unserved += len(task.indices)
 
+    def served(self, task: Task, count: int) -> None:
+        """`count` samples of `task` went out; a task served in full goes."""
+        if task not in self.tasks:  # let go of while its request waited
+            return
+        left = len(task.indices) - task.served
+        task.served += count
+        self.unserved -= min(count, max(left, 0))
+        if task.served >= len(task.indices):
+            self.let_go(task)
 
-def make_chunk(
-    spec: str, settings: tuple[tuple[str, Any], ...], indices: list[int]
-) -> MadeChunk:
-    """A chunk made where the source is loaded by name: the task a worker
-    process or a Dask worker runs."""
-    return encode_chunk(cached_source(spec, settings), indices)
+    def let_go(self, task: Task) -> None:
+        if self.tasks.pop(task, False) is False:
+            return
+        # map: no Python loop per index
+        deque(map(self.where.__delitem__, task.indices), maxlen=0)
+        self.samples -= len(task.indices)
+        self.unserved -= max(len(task.indices) - task.served, 0)
+
+    def trim(self, limit: int) -> None:
+        """Let go of the oldest made tasks until at most `limit` samples are
+        held (samples made ahead and never asked for must not pin memory)."""
+        if self.samples <= limit:
+            return
+        for task in list(self.tasks):
+            if self.samples <= limit:
+                return
+            if task.state is MADE:
+                self.let_go(task)

@@ -112,7 +112,7 @@ def test_cluster_serves_each_sample_once_with_the_local_bytes(
     with ServerProcess(*args, *on_dask, log_path=tmp_path / "dask.log") as s:
         send_validation_ids(s.url, ids)
         on_dask = training_pass(s.url, batch_size=64)
-        status = s.status()["generation"]
+        status = s.status()["making"]
     ran = {a: n - before.get(a, 0) for a, n in tasks_run(cluster).items()}
     with ServerProcess(*args, "--workers", "1", log_path=tmp_path / "local.log") as s:
         send_validation_ids(s.url, ids)
@@ -148,16 +148,16 @@ def test_a_dask_worker_killed_mid_stream_costs_no_sample(
 
         def kill_one(batches: int) -> None:
             """From the 2nd batch on, once: SIGKILL a worker process (not its
-            nanny) while the server has chunks at the cluster."""
+            nanny) while the server has tasks at the cluster."""
             if batches < 2 or killed:
                 return
-            if server.status()["generation"]["chunks_in_flight"]:
+            if server.status()["making"]["tasks_in_flight"]:
                 pid = sorted(cluster.worker_pids().values())[0]
                 os.kill(pid, signal.SIGKILL)
                 killed.update(pid=pid, at=time.monotonic())
 
         got = training_pass(server.url, batch_size=16, after_batch=kill_one)
-        status = server.status()["generation"]
+        status = server.status()["making"]
         alive = server.process.poll() is None
     assert killed, "the pass ended before the kill"
     assert alive, log.read_text()
@@ -170,7 +170,7 @@ def test_a_dask_worker_killed_mid_stream_costs_no_sample(
     )
     stall = longest_stall_after(got.arrivals, killed["at"])
     print(
-        f"\nDask worker SIGKILL: chunks_remade {status['chunks_remade']}, "
+        f"\nDask worker SIGKILL: tasks_remade {status['tasks_remade']}, "
         f"longest wait for a reply after the kill {stall:.3f} s, worker back "
         f"{restart:.1f} s after the pass; pass of {num} samples, status {status}"
     )
@@ -222,7 +222,7 @@ def test_a_source_only_the_server_has_runs_on_the_workers(
     args += ["--port", "0", "--max-iterations", str(num)]
     with ServerProcess(*args, log_path=log, cwd=cwd) as server:
         got = training_pass(server.url, batch_size=32)
-        status = server.status()["generation"]
+        status = server.status()["making"]
     assert sum(tasks_run(cluster).values()) > before, "no task ran on the workers"
     check_exactly_once(got, range(num))
     assert status["engine"] == "dask", status

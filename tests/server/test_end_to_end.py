@@ -55,9 +55,9 @@ def replay_a_real_run(server: ServerThread, workers: int) -> None:
     assert status["current_position"] == 0
     assert status["max_iterations"] == NUM_SAMPLES
     assert status["remaining_iterations"] == NUM_SAMPLES
-    generation = status["generation"]  # samples made where this test says
-    assert generation["engine"] == ("processes" if workers else "thread")
-    assert generation["workers"] == (workers or 1)
+    making = status["making"]  # samples made where this test says
+    assert making["engine"] == ("processes" if workers else "thread")
+    assert making["workers"] == (workers or 1)
     client.close()
 
     # 1b. connection 2: the probe, getInfo, getData until the setup samples.

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.eir_like_client import EirLikeClient
 from support.exact_pass import (
     bench_source,
     check_exactly_once,
@@ -24,19 +25,25 @@ from support.exact_pass import (
     write_source,
 )
 from support.server_process import ServerProcess
+from support.servers import running_server
+
+from eirstream.readahead import SampleProducer
 
 NUM_SAMPLES = 3000
 VALIDATION = [k for k in range(NUM_SAMPLES) if k % 7 == 3]  # 429 ids
 EXPECTED = [k for k in range(NUM_SAMPLES) if k % 7 != 3]
+
+HANG = 60  # seconds a reply may take: guards against a hang only
 
 posix_only = pytest.mark.skipif(
     not hasattr(signal, "SIGKILL"), reason="SIGKILL is POSIX-only"
 )
 
 
-def generation(server) -> dict:
-    """The "generation" object of the server's status reply."""
-    return server.status()["generation"]
+def making(server) -> dict:
+    """The "making" object of the server's status reply: the engine and the
+    read-ahead's counters."""
+    return server.status()["making"]
 
 
 def test_every_worker_count_serves_the_same_bytes(tmp_path: Path) -> None:
@@ -50,7 +57,7 @@ def test_every_worker_count_serves_the_same_bytes(tmp_path: Path) -> None:
         ) as server:
             send_validation_ids(server.url, [f"sample_{k}" for k in VALIDATION])
             got = training_pass(server.url, batch_size=64)
-            status = generation(server)
+            status = making(server)
         check_exactly_once(got, EXPECTED)
         assert status["engine"] == ("thread" if workers == 0 else "processes"), status
         assert status["samples_failed"] == 0, status
@@ -85,7 +92,7 @@ def test_the_default_workers_hand_near_free_samples_to_a_thread(
     tmp_path: Path,
 ) -> None:
     """Without --workers, samples that cost less to make than to receive are
-    made in the server's thread once measured: the chunks already at the
+    made in the server's thread once measured: the tasks already at the
     processes are still served, so the pass loses nothing across the change."""
     source, module = write_source(tmp_path, "cheap", CHEAP_SOURCE)
     log = tmp_path / "server.log"
@@ -94,14 +101,14 @@ def test_the_default_workers_hand_near_free_samples_to_a_thread(
         "--port", "0", "--source", source, "--max-iterations", str(num), log_path=log
     ) as server:
         got = training_pass(server.url, batch_size=64)
-        status = generation(server)
+        status = making(server)
     check_exactly_once(got, range(num))
     reference = module.make().samples_json(range(num))
     assert got.by_id() == {f"sample_{k}": text for k, text in enumerate(reference)}
     assert status["engine"] == "thread" and status["workers"] == 1, status
     text = log.read_text()
     assert "making samples in a thread of the server from now on" in text, text
-    assert "died" not in text and status["chunks_remade"] == 0, text
+    assert "died" not in text and status["tasks_remade"] == 0, text
 
 
 def test_the_default_workers_keep_samples_that_cost_more_than_shipping(
@@ -114,7 +121,7 @@ def test_the_default_workers_keep_samples_that_cost_more_than_shipping(
         "--port", "0", "--max-iterations", str(NUM_SAMPLES), log_path=log
     ) as server:
         got = training_pass(server.url, batch_size=64)
-        status = generation(server)
+        status = making(server)
     check_exactly_once(got, range(NUM_SAMPLES))
     assert status["engine"] == "processes", status
     assert len(status["worker_pids"]) == (os.cpu_count() or 1), status
@@ -124,7 +131,7 @@ def test_the_default_workers_keep_samples_that_cost_more_than_shipping(
         "--port", "0", *args, log_path=tmp_path / "server-1.log"
     ) as server:
         training_pass(server.url, batch_size=256)
-        assert generation(server)["engine"] == "processes"
+        assert making(server)["engine"] == "processes"
     for path in (log, tmp_path / "server-1.log"):
         assert "in a thread of the server" not in path.read_text()
 
@@ -139,29 +146,29 @@ def test_a_worker_killed_mid_stream_costs_no_sample(tmp_path: Path) -> None:
     with ServerProcess("--port", "0", *args, str(num), log_path=log) as server:
 
         def kill_one(batches: int) -> None:
-            """From the 2nd batch on, once: SIGKILL a worker while chunks are
+            """From the 2nd batch on, once: SIGKILL a worker while tasks are
             at the pool (else there is nothing to lose and nothing to show)."""
             if batches < 2 or killed:
                 return
-            now = generation(server)
-            if now["chunks_in_flight"] and now["worker_pids"]:
+            now = making(server)
+            if now["tasks_in_flight"] and now["worker_pids"]:
                 os.kill(now["worker_pids"][0], signal.SIGKILL)
                 killed.update(pid=now["worker_pids"][0], at=time.monotonic())
 
         got = training_pass(server.url, batch_size=16, after_batch=kill_one)
-        status = generation(server)
+        status = making(server)
         alive = server.process.poll() is None
     assert killed, "the pass ended before the kill"
     assert alive, log.read_text()
     check_exactly_once(got, range(num))
     assert "Traceback" not in log.read_text(), log.read_text()  # stopped cleanly
     assert status["pool_restarts"] >= 1, status
-    assert status["chunks_remade"] >= 1, status
+    assert status["tasks_remade"] >= 1, status
     assert killed["pid"] not in status["worker_pids"], status
     stall = longest_stall_after(got.arrivals, killed["at"])
     print(
         f"\nlocal pool SIGKILL: pool_restarts {status['pool_restarts']}, "
-        f"chunks_remade {status['chunks_remade']}, longest wait for a reply "
+        f"tasks_remade {status['tasks_remade']}, longest wait for a reply "
         f"after the kill {stall:.3f} s, pass of {num} samples"
     )
     # Content is a function of the index: re-made samples are the same bytes.
@@ -196,7 +203,7 @@ def test_one_failing_index_costs_only_itself(tmp_path: Path) -> None:
     args = ["--workers", "1", "--source", source, "--max-iterations", str(num)]
     with ServerProcess("--port", "0", *args, log_path=log) as server:
         got = training_pass(server.url, batch_size=16)
-        status = generation(server)
+        status = making(server)
     check_exactly_once(got, [k for k in range(num) if k != bad])
     # The batch that held index 37 (the probe took sample 0 and gave it back,
     # so batches are 0-15, 16-31, 32-47, ...) came with its other 15 samples.
@@ -214,13 +221,9 @@ def test_a_source_that_always_fails_gets_an_error_reply(tmp_path: Path) -> None:
     with ServerProcess(
         "--port", "0", "--workers", "1", "--source", source, log_path=log
     ) as server:
-        from support.eir_like_client import EirLikeClient
-
-        client = EirLikeClient(server.url, timeout=30)
+        client = EirLikeClient(server.url, timeout=HANG)
         try:
-            started = time.monotonic()
             first = client.request({"type": "getData", "payload": {"batch_size": 16}})
-            took = time.monotonic() - started
             status = server.status()  # another connection is still answered
             again = client.request({"type": "getData", "payload": {"batch_size": 16}})
             same_connection = client.request({"type": "status"})[0]
@@ -232,9 +235,8 @@ def test_a_source_that_always_fails_gets_an_error_reply(tmp_path: Path) -> None:
         message = reply["payload"]["message"]
         assert "source" in message, message  # says whose fault it is
         assert "the simulator broke on index" in message, message  # and what
-    assert took < 20, f"the first error took {took:.1f} s"
     assert same_connection["type"] == "status", same_connection
-    assert status["generation"]["samples_failed"] >= 1, status
+    assert status["making"]["samples_failed"] >= 1, status
     assert alive, log.read_text()
 
 
@@ -260,16 +262,11 @@ def test_busy_workers_make_a_request_wait_and_the_log_says_why(
 ) -> None:
     """A request for more than the one worker makes at once waits for it (no
     error reply); past SampleProducer.WAIT_WARNING the log says why."""
-    from support.eir_like_client import EirLikeClient
-    from support.servers import running_server
-
-    from eirstream.readahead import SampleProducer
-
     spec, _ = write_source(tmp_path, "sleepy", SLEEPY_SOURCE)
     monkeypatch.setattr(SampleProducer, "WAIT_WARNING", 0.5)
     monkeypatch.setattr(SampleProducer, "HEAL_AFTER", 0.25)
     with running_server(max_iterations=500, workers=1, source=spec) as server:
-        client = EirLikeClient(server.url, timeout=30)
+        client = EirLikeClient(server.url, timeout=HANG)
         reply = client.request({"type": "getData", "payload": {"batch_size": 40}})[0]
         client.close()
     assert reply["type"] == "data", reply

@@ -21,9 +21,13 @@ from support.servers import running_server
 
 from data_simulator import SimulatedHealthData
 from eirstream.engines import DefaultEngine, ProcessEngine, ThreadEngine
-from eirstream.readahead import Chunk, SampleProducer
+from eirstream.making import MadeTask, encode_task
+from eirstream.readahead import SampleProducer
+from eirstream.sizing import SizeBounds
 from eirstream.stream import SampleStream
-from eirstream.tasks import MadeChunk, encode_chunk
+from eirstream.tasks import Task, TaskEvent
+
+HANG = 60  # seconds: guards against a hang only, far above any machine's need
 
 
 # -- the server: bytes per sample id ---------------------------------------------------
@@ -44,7 +48,7 @@ def sample_texts(message: str) -> dict[str, str]:
 def stream_raw(url: str, batch_sizes: Iterable[int], probe: bool = True) -> dict:
     """EIR's training fetches (heartbeat + getData, one read) with the given
     batch sizes in turn until terminate; raw sample texts by id."""
-    ws = websocket.create_connection(url, skip_utf8_validation=True, timeout=30)
+    ws = websocket.create_connection(url, skip_utf8_validation=True, timeout=HANG)
     try:
         ws.send('{"type":"handshake","version":"1.0","worker_id":0}')
         assert json.loads(ws.recv())["type"] == "handshake"
@@ -89,7 +93,7 @@ def test_sample_bytes_do_not_depend_on_workers_or_batch_sizes() -> None:
 
 def test_samples_made_ahead_of_a_reset_are_right_after_the_rewind() -> None:
     with running_server(max_iterations=2000, workers=2) as server:
-        ws = websocket.create_connection(server.url, timeout=30)
+        ws = websocket.create_connection(server.url, timeout=HANG)
         ws.send('{"type":"handshake","version":"1.0"}')
         ws.recv()
         first = {}
@@ -118,7 +122,7 @@ def test_large_batches_are_made_in_workers_not_in_the_event_loop() -> None:
     assert status["engine"] == "processes"
     assert status["samples_made"] >= 9000
     assert status["read_ahead"] == 2 * 4096  # grown to twice the batch asked for
-    assert status["samples_held"] <= 2 * status["read_ahead"] + status["chunk"]
+    assert status["samples_held"] <= 2 * status["read_ahead"] + status["task_size"]
 
 
 # -- the producer on its own: bounded memory, right bytes -----------------------------
@@ -146,8 +150,8 @@ async def test_read_ahead_memory_stays_bounded_across_rewinds_and_late_skips() -
                     assert sample == source.sample(indices[0])
                     checked += 1
                 producer.prefetch(stream.peek)
-                now = producer.status()  # chunk and read-ahead grow as measured
-                limit = 2 * now["read_ahead"] + now["chunk"]
+                now = producer.status()  # task size and read-ahead grow as measured
+                limit = 2 * now["read_ahead"] + now["task_size"]
                 assert now["samples_ahead"] <= now["samples_held"] <= limit, now
             if round_ % 3 == 2:  # ids among those made ahead, set after the fact
                 start = stream.status()["current_position"]
@@ -161,8 +165,9 @@ async def test_read_ahead_memory_stays_bounded_across_rewinds_and_late_skips() -
         producer.close()
     assert checked > 0
     assert status["samples_made"] > 0
-    assert status["read_ahead"] <= SampleProducer.MAX_READ_AHEAD
-    assert SampleProducer.MIN_CHUNK <= status["chunk"] <= SampleProducer.MAX_CHUNK
+    assert status["read_ahead"] <= SampleProducer.bounds.max_read_ahead
+    bounds = SampleProducer.bounds
+    assert bounds.min_task <= status["task_size"] <= bounds.max_task
 
 
 def test_a_source_giving_the_wrong_number_of_samples_fails_those_indices() -> None:
@@ -172,14 +177,14 @@ def test_a_source_giving_the_wrong_number_of_samples_fails_those_indices() -> No
         def samples_json(self, indices: list[int]) -> list[str]:
             return super().samples_json(indices)[:-1]
 
-    made = encode_chunk(Short(seed=0), [4, 5, 6])
+    made = encode_task(Short(seed=0), [4, 5, 6])
     assert (made.blob, made.offsets) == (b"", [0, 0, 0, 0])  # no bytes for any
     assert sorted(made.failures) == [4, 5, 6]
     assert "samples_json gave 0 samples for 1 indices" in made.failures[5]
 
 
-def test_a_chunk_locates_its_samples_by_bytes_even_for_non_ascii_text() -> None:
-    # A sample's place in a chunk's bytes is counted in UTF-8 bytes, which is
+def test_a_task_locates_its_samples_by_bytes_even_for_non_ascii_text() -> None:
+    # A sample's place in a made task's bytes is counted in UTF-8 bytes, which is
     # not its length in characters once the text is not ASCII.
     class Accented(SimulatedHealthData):
         def samples_json(self, indices: list[int]) -> list[str]:
@@ -191,16 +196,16 @@ def test_a_chunk_locates_its_samples_by_bytes_even_for_non_ascii_text() -> None:
                 for i in indices
             ]
 
-    blob, offsets, failures, _ = encode_chunk(Accented(seed=0), [3, 1, 2])
+    blob, offsets, failures, _ = encode_task(Accented(seed=0), [3, 1, 2])
     assert not failures and offsets[-1] == len(blob)
     samples = [json.loads(blob[a : b - 1]) for a, b in pairwise(offsets)]
     assert [s["prompt"] for s in samples] == ["café ☕" * i for i in (3, 1, 2)]
     assert [blob[b - 1 : b] for b in offsets[1:]] == [b","] * 3
 
 
-async def test_large_samples_get_chunks_of_bounded_bytes() -> None:
-    # A cheap source of large samples would get chunks of thousands of them
-    # (sized by time alone): gigabytes held. Chunks are capped in bytes.
+async def test_large_samples_get_tasks_of_bounded_bytes() -> None:
+    # A cheap source of large samples would get tasks of thousands of them
+    # (sized by time alone): gigabytes held. Tasks are capped in bytes.
     size = 16_000
 
     class Large(SimulatedHealthData):  # the same text each time: cheap to make
@@ -225,25 +230,25 @@ async def test_large_samples_get_chunks_of_bounded_bytes() -> None:
     finally:
         producer.close()
     assert status["samples_made"] > 64  # measured, then resized
-    assert status["chunk"] <= SampleProducer.MAX_CHUNK_BYTES // size, status
+    assert status["task_size"] <= SampleProducer.bounds.max_task_bytes // size, status
 
 
 def test_an_empty_sample_text_takes_no_bytes_and_leaves_its_neighbours_whole() -> None:
     # The offsets must describe the blob exactly, or the server cannot use
-    # the chunk at all: an empty text is left out, like a failed sample.
+    # the made task at all: an empty text is left out, like a failed sample.
     class Gap(SimulatedHealthData):
         def samples_json(self, indices: list[int]) -> list[str]:
             texts = super().samples_json(indices)
             return ["" if i == 5 else t for i, t in zip(indices, texts, strict=True)]
 
-    blob, offsets, *_ = encode_chunk(Gap(seed=0), [4, 5, 6])
+    blob, offsets, *_ = encode_task(Gap(seed=0), [4, 5, 6])
     assert offsets[-1] == len(blob) and offsets[1] == offsets[2]
     kept = [json.loads(blob[a : b - 1]) for a, b in pairwise(offsets) if b > a]
     assert [s["sample_id"] for s in kept] == ["sample_4", "sample_6"]
 
 
-def test_a_shuffled_chunk_is_asked_of_the_source_in_index_order() -> None:
-    # A dataset reads a row group once per chunk only if the source sees each
+def test_a_shuffled_task_is_asked_of_the_source_in_index_order() -> None:
+    # A dataset reads a row group once per task only if the source sees each
     # slice in ascending order; the blob must still follow the order asked,
     # failed samples (here at a slice's edge) taking no bytes.
     asked: list[list[int]] = []
@@ -259,7 +264,7 @@ def test_a_shuffled_chunk_is_asked_of_the_source_in_index_order() -> None:
     indices = [*rng.sample([i for i in range(3000) if i not in (511, 2000)], 1498)]
     indices[100:100] = [2000]
     indices[900:900] = [511]
-    made = encode_chunk(Records(seed=0), indices)
+    made = encode_task(Records(seed=0), indices)
     assert set(made.failures) == {511, 2000}
     slices = [a for a in asked if len(a) > 1]
     assert sorted(i for a in slices for i in a) == sorted(indices)
@@ -275,7 +280,7 @@ def test_a_shuffled_chunk_is_asked_of_the_source_in_index_order() -> None:
 
 
 async def test_a_span_of_samples_comes_out_whole_around_failed_ones() -> None:
-    # A reply is a slice of a chunk's blob: it must hold every sample of the
+    # A reply is a slice of a made task's blob: it must hold every sample of the
     # span, in order, with nothing cut or doubled, also when samples inside
     # the span or at its edges failed (they take no bytes). The failures sit
     # where the source is asked for a new slice of ENCODE_SLICE samples.
@@ -289,10 +294,11 @@ async def test_a_span_of_samples_comes_out_whole_around_failed_ones() -> None:
         (SimulatedHealthData(seed=0), set()),
         (FailsAtSlices(seed=0), {511, 1024}),
     ):
-        chunk = Chunk(list(range(1200)))
-        made = encode_chunk(source, chunk.indices)
+        task = Task(list(range(1200)))
+        made = encode_task(source, task.indices)
         assert set(made.failures) == missing
-        chunk.made_from(made)
+        task.enter(TaskEvent.SUBMITTED)
+        task.enter(TaskEvent.FINISHED, made=made)
         texts = SimulatedHealthData(seed=0).samples_json(range(1200))
         for start, stop in [
             (0, 1200),
@@ -302,7 +308,7 @@ async def test_a_span_of_samples_comes_out_whole_around_failed_ones() -> None:
             (1023, 1025),
             (300, 1100),
         ]:
-            piece, count = chunk.samples(start, stop)
+            piece, count = task.samples(start, stop)
             kept = [
                 t for i, t in enumerate(texts[start:stop], start) if i not in missing
             ]
@@ -311,14 +317,14 @@ async def test_a_span_of_samples_comes_out_whole_around_failed_ones() -> None:
 
 
 def comma_terminated(texts: Iterable[str]) -> bytes:
-    """Sample texts as a chunk holds them: UTF-8, each followed by a comma."""
+    """Sample texts as a made task holds them: UTF-8, each followed by a comma."""
     return "".join(text + "," for text in texts).encode()
 
 
-def made_like(samples: int, seconds_each: float, bytes_each: int) -> MadeChunk:
-    """A made chunk of `samples` samples that took `seconds_each` apiece."""
+def made_like(samples: int, seconds_each: float, bytes_each: int) -> MadeTask:
+    """A made task of `samples` samples that took `seconds_each` apiece."""
     offsets = list(range(0, samples * bytes_each + 1, bytes_each))
-    return MadeChunk(b"x" * offsets[-1], offsets, {}, samples * seconds_each)
+    return MadeTask(b"x" * offsets[-1], offsets, {}, samples * seconds_each)
 
 
 @contextmanager
@@ -335,29 +341,30 @@ def default_workers_producer() -> Iterator[tuple[SimulatedHealthData, SampleProd
         producer.close()
 
 
-async def test_a_chunk_lost_by_the_processes_after_the_hand_over_is_remade() -> None:
+async def test_a_task_lost_by_the_processes_after_the_hand_over_is_remade() -> None:
     # Once the default workers hand over to the thread, the old pool may
-    # still break (a worker killed with a task in hand): its chunk is made
+    # still break (a worker killed with a task in hand): its task is made
     # again, in the thread, and the thread is not replaced.
     with default_workers_producer() as (source, producer):
         engine = producer.engine
-        old_generation = engine.generation
-        for _ in range(2):  # the first chunk does not count
+        old_restarts = engine.restarts
+        for _ in range(2):  # the first task does not count
             engine.observe(made_like(2048, 1e-7, 800))  # 0.1 us a sample
-        assert engine.kind == "thread" and engine.generation != old_generation
-        new_generation = engine.generation
-        chunk = Chunk([7, 8, 9])
-        producer.held.hold(chunk)
+        assert engine.kind == "thread" and engine.restarts != old_restarts
+        new_restarts = engine.restarts
+        task = Task([7, 8, 9])
+        producer.held.hold(task)
+        task.enter(TaskEvent.SUBMITTED)
         lost = asyncio.get_running_loop().create_future()
         lost.set_exception(BrokenProcessPool("a worker died"))
         producer._in_flight += 1
-        producer._task_done(chunk, old_generation, lost)
-        await asyncio.wait_for(asyncio.shield(chunk.done), 10)
-        assert engine.generation == new_generation and producer.pool_restarts == 0
-        piece, made = chunk.samples(0, 3)
+        producer._task_done(task, old_restarts, lost)
+        await asyncio.wait_for(asyncio.shield(task.done), HANG)
+        assert engine.restarts == new_restarts and producer.pool_restarts == 0
+        piece, made = task.samples(0, 3)
         texts = source.samples_json([7, 8, 9])
         assert made == 3 and bytes(piece) == comma_terminated(texts)
-        assert producer.status()["chunks_remade"] == 1
+        assert producer.status()["tasks_remade"] == 1
 
 
 async def test_the_default_engine_judges_a_sample_by_its_wall_time() -> None:
@@ -366,7 +373,7 @@ async def test_the_default_engine_judges_a_sample_by_its_wall_time() -> None:
     # parallel, even for large samples. A near-free one goes to the thread.
     with default_workers_producer() as (_, producer):
         engine = producer.engine
-        for _ in range(40):  # the first chunk does not count; then 39 x 64
+        for _ in range(40):  # the first task does not count; then 39 x 64
             engine.observe(made_like(64, 3e-3, 64 * 1024))  # 3 ms, 64 KiB
         assert not engine.choosing and engine.kind == "processes"
     with default_workers_producer() as (_, producer):
@@ -384,24 +391,24 @@ async def test_the_default_engine_judges_a_sample_by_its_wall_time() -> None:
 class HeldEngine:
     """An `Engine` whose tasks finish only when `finish` is called."""
 
-    kind, task_seconds, generation = "held", 0.05, 0
+    kind, task_seconds, restarts = "held", 0.05, 0
 
     def __init__(self, source: SimulatedHealthData) -> None:
         self.source = source
-        self.tasks: list[tuple[list[int], Future[MadeChunk]]] = []
+        self.tasks: list[tuple[list[int], Future[MadeTask]]] = []
 
-    def submit(self, indices: list[int]) -> Future[MadeChunk]:
+    def submit(self, indices: list[int]) -> Future[MadeTask]:
         self.tasks.append((indices, Future()))
         return self.tasks[-1][1]
 
     def finish(self, number: int) -> None:
         indices, task = self.tasks[number]
-        task.set_result(encode_chunk(self.source, indices))
+        task.set_result(encode_task(self.source, indices))
 
     def live_workers(self) -> int:
         return 1
 
-    def observe(self, made: MadeChunk) -> None: ...
+    def observe(self, made: MadeTask) -> None: ...
     def restart(self) -> None: ...
     def heal(self) -> None: ...
     def why_waiting(self) -> str:
@@ -429,18 +436,18 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_a_request_s_own_queued_chunk_goes_ahead_of_read_ahead() -> None:
-    stream, engine, producer = held_producer()  # 8 chunks of 8
+async def test_a_request_s_own_queued_task_goes_ahead_of_read_ahead() -> None:
+    stream, engine, producer = held_producer()  # 8 tasks of 8
     producer.prefetch(stream.peek)
     assert [indices for indices, _ in engine.tasks] == [list(range(8)), [*range(8, 16)]]
     request = asyncio.ensure_future(producer.message(list(range(48, 56))))
     await settle()
-    assert producer.status()["chunks_queued"] == 6
-    engine.finish(0)  # a worker is free: the request's chunk is next, not 16-23
+    assert producer.status()["tasks_queued"] == 6
+    engine.finish(0)  # a worker is free: the request's task is next, not 16-23
     await settle()
     assert engine.tasks[2][0] == list(range(48, 56))
     engine.finish(2)
-    message, served = await asyncio.wait_for(request, 5)
+    message, served = await asyncio.wait_for(request, HANG)
     assert served == 8 and message.count(b'"sample_id"') == 8
     producer.close()
 
@@ -448,21 +455,21 @@ async def test_a_request_s_own_queued_chunk_goes_ahead_of_read_ahead() -> None:
 async def test_read_ahead_left_behind_by_a_rewind_leaves_the_queue() -> None:
     stream, engine, producer = held_producer()
     stream.take("c", 1000)
-    producer.prefetch(stream.peek)  # 1000..1063: two chunks at work, six queued
-    assert producer.status()["chunks_queued"] == 6
+    producer.prefetch(stream.peek)  # 1000..1063: two tasks at work, six queued
+    assert producer.status()["tasks_queued"] == 6
     stream.reset("c")  # alone: back to sample 0
     request = asyncio.ensure_future(producer.message(stream.take("c", 8)))
     await settle()
     producer.prefetch(stream.peek)  # after a miss: the stream wants 8..71 now
-    queued = [chunk.indices for chunk in producer._queue]
-    assert queued[0] == list(range(8)), queued  # the request's own chunk first
+    queued = [task.indices for task in producer._queue]
+    assert queued[0] == list(range(8)), queued  # the request's own task first
     assert all(8 <= index < 72 for indices in queued[1:] for index in indices)
     assert len(queued) == 1 + 8, queued  # 1016..1063 are gone
     engine.finish(0), engine.finish(1)
     await settle()
     assert engine.tasks[2][0] == list(range(8))  # the next task is the request's
     engine.finish(2)
-    _, served = await asyncio.wait_for(request, 5)
+    _, served = await asyncio.wait_for(request, HANG)
     assert served == 8
     producer.close()
 
@@ -470,17 +477,17 @@ async def test_read_ahead_left_behind_by_a_rewind_leaves_the_queue() -> None:
 async def test_a_request_that_waits_for_read_ahead_is_not_a_miss() -> None:
     # Workers behind is no rewind: the next prefetch leaves the read-ahead as
     # it is (a miss would look at all of it again and queue the one request's
-    # worth of indices past it as a chunk of its own, every request).
-    stream, engine, producer = held_producer()  # 8 chunks of 8
+    # worth of indices past it as a task of its own, every request).
+    stream, engine, producer = held_producer()  # 8 tasks of 8
     producer.prefetch(stream.peek)
     request = asyncio.ensure_future(producer.message(stream.take("c", 8)))
     await settle()
-    queued = [chunk.indices for chunk in producer._queue]
-    producer.prefetch(stream.peek)  # the request waits for chunk 0..7 at work
-    assert [chunk.indices for chunk in producer._queue] == queued
+    queued = [task.indices for task in producer._queue]
+    producer.prefetch(stream.peek)  # the request waits for task 0..7 at work
+    assert [task.indices for task in producer._queue] == queued
     assert len(engine.tasks) == 2
     engine.finish(0)
-    _, served = await asyncio.wait_for(request, 5)
+    _, served = await asyncio.wait_for(request, HANG)
     assert served == 8
     producer.close()
 
@@ -495,7 +502,7 @@ async def test_epochs_smaller_than_a_batch_serve_every_index_again_each_epoch() 
         for size in (3, 16, 7, 25, 10):
             producer.prefetch(stream.peek)
             indices = stream.take("c", size)
-            message, served = await asyncio.wait_for(producer.message(indices), 10)
+            message, served = await asyncio.wait_for(producer.message(indices), HANG)
             ids = [s["sample_id"] for s in json.loads(message)["payload"]]
             assert served == size and ids == [f"sample_{i}" for i in indices]
     finally:
@@ -503,10 +510,9 @@ async def test_epochs_smaller_than_a_batch_serve_every_index_again_each_epoch() 
 
 
 async def test_the_read_ahead_of_large_samples_is_bounded_in_bytes() -> None:
-    # Images of any size: the read-ahead holds MAX_AHEAD_BYTES of samples
+    # Images of any size: the read-ahead holds max_ahead_bytes of samples
     # (or one batch), not a fixed number of them. Small bounds keep it quick.
-    class SmallBounds(SampleProducer):
-        MAX_AHEAD_BYTES, MAX_CHUNK_BYTES = 4 * 2**20, 2**20
+    small = SizeBounds(max_ahead_bytes=4 * 2**20, max_task_bytes=2**20)
 
     size = 64 * 1024
 
@@ -516,8 +522,8 @@ async def test_the_read_ahead_of_large_samples_is_bounded_in_bytes() -> None:
 
     source = Large(seed=0)
     stream = SampleStream.for_source(source)
-    producer = SmallBounds(ThreadEngine(source))
-    bound = 2 * SmallBounds.MAX_AHEAD_BYTES + SmallBounds.MAX_CHUNK_BYTES
+    producer = SampleProducer(ThreadEngine(source), bounds=small)
+    bound = 2 * small.max_ahead_bytes + small.max_task_bytes
     try:
         for _ in range(40):
             producer.prefetch(stream.peek)
@@ -527,4 +533,4 @@ async def test_the_read_ahead_of_large_samples_is_bounded_in_bytes() -> None:
         status = producer.status()
     finally:
         producer.close()
-    assert status["read_ahead"] * size <= SmallBounds.MAX_AHEAD_BYTES, status
+    assert status["read_ahead"] * size <= small.max_ahead_bytes, status
