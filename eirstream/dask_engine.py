@@ -52,8 +52,8 @@ class DaskEngine:
             from distributed.diagnostics.plugin import SchedulerUploadFile, UploadFile
         except ImportError:
             raise ValueError(
-                "--cluster needs Dask's distributed package: "
-                "pip install -r requirements-cluster.txt"
+                "--cluster needs Dask's distributed package: pip install "
+                "'eirstream[cluster]' (or pip install distributed)"
             ) from None
         self.address = address
         try:
@@ -62,13 +62,17 @@ class DaskEngine:
             raise ValueError(
                 f"--cluster {address!r}: no Dask scheduler answered there: {exc}"
             ) from None
-        try:
-            ours, theirs, worker_spec = files_for_workers(spec)
-            for path in ours + theirs:  # named by file: a new server replaces them
-                name = f"eir-stream:{os.path.basename(path)}"
-                if path in ours:  # the scheduler unpickles make_task's reference
-                    self.client.register_plugin(SchedulerUploadFile(path), name=name)
-                self.client.register_plugin(UploadFile(path), name=name)
+        try:  # each plugin holds its file's bytes: the scratch folder can go
+            with tempfile.TemporaryDirectory(prefix="eirstream-") as scratch:
+                ours, theirs, worker_spec = files_for_workers(spec, scratch)
+                # In import order: a module comes after those it imports. Named
+                # by file, so a new server's plugins replace an old one's.
+                for path in ours + theirs:
+                    name = f"eirstream:{os.path.basename(path)}"
+                    if path in ours:  # the scheduler unpickles make_task's reference
+                        plugin = SchedulerUploadFile(path)
+                        self.client.register_plugin(plugin, name=name)
+                    self.client.register_plugin(UploadFile(path), name=name)
         except Exception as exc:
             self.client.close()
             raise ValueError(
@@ -119,67 +123,97 @@ class DaskEngine:
             self.client.close(timeout=2)
 
 
-def files_for_workers(spec: str) -> tuple[list[str], list[str], str]:
+def files_for_workers(spec: str, folder: str) -> tuple[list[str], list[str], str]:
     """What a remote worker needs to make samples of `spec`: our package as
-    one zip (the scheduler needs it too, to unpickle a task's reference to
-    make_task), the source's own files, and the spec as the worker imports
-    it (a file's module is named by its stem there).
+    one zip, written to `folder` (the scheduler needs it too, to unpickle a
+    task's reference to make_task), the source's own files, and the spec as
+    the worker imports it (a file's module is named by its stem there).
 
-    The source's module goes along with the modules beside it that it
-    imports (the default source's data_simulator.py brings
-    single_sample_simulation.py); a package goes as a zip of its .py files.
-    Anything else it imports must be installed where the workers run.
+    The source's module goes along with the modules it imports from its own
+    folder or from the current directory (where `load_source` looks first):
+    the default source's data_simulator.py brings single_sample_simulation.py,
+    whichever copy the server imported. A package goes as a zip of its .py
+    files. Anything else it imports must be installed where the workers run.
     """
     here = os.path.dirname(os.path.abspath(eirstream.__file__))
-    ours = [_zip_package(here, PACKAGE)]
+    ours = [zip_package(here, PACKAGE, folder)]
     target, _, attr = spec.rpartition(":")
     if is_file_spec(target):
         path = os.path.abspath(target)
         worker_spec = f"{os.path.splitext(os.path.basename(path))[0]}:{attr}"
-        return ours, _with_neighbours(path), worker_spec
+        return ours, with_neighbours(path), worker_spec
     top = target.partition(".")[0]
     found = None if top == PACKAGE else importlib.util.find_spec(top)
     if found is None or not found.has_location:
         return ours, [], spec
     locations = list(found.submodule_search_locations or [])
     if locations:
-        return ours, [_zip_package(locations[0], top)], spec
+        return ours, [zip_package(locations[0], top, folder)], spec
     assert found.origin is not None
-    return ours, _with_neighbours(found.origin), spec
+    return ours, with_neighbours(found.origin), spec
 
 
-def _with_neighbours(path: str) -> list[str]:
-    """`path` and, over and over, the modules in its folder that it imports
-    by a top-level `import name` or `from name import ...`."""
-    folder, found, todo = os.path.dirname(path), [path], [path]
-    while todo:
-        with open(todo.pop(), encoding="utf-8") as file:
-            tree = ast.parse(file.read())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
-                names = [node.module]
-            else:
+def with_neighbours(path: str) -> list[str]:
+    """The module file `path` and, over and over, the single-file modules it
+    imports (by a top-level `import name` or `from name import ...`) that are
+    found in its folder or in the current directory, as the server process
+    finds them. Each module comes after the ones it imports: a worker
+    imports each file as it arrives."""
+    folders = {os.path.dirname(path), os.getcwd()}
+    ordered: list[str] = []
+    seen = {path}
+
+    def visit(module: str) -> None:
+        for near in _imported_modules(module):
+            if near not in seen and os.path.dirname(near) in folders:
+                seen.add(near)
+                visit(near)
+        ordered.append(module)
+
+    visit(path)
+    return ordered
+
+
+def _imported_modules(path: str) -> list[str]:
+    """The files of the single-file modules the module at `path` imports by
+    absolute name (packages and built-in modules left out)."""
+    with open(path, encoding="utf-8") as file:
+        tree = ast.parse(file.read())
+    files = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            if "." in name:
+                continue  # a package's module: the package is no neighbour
+            try:
+                found = importlib.util.find_spec(name)
+            except (ImportError, ValueError):
                 continue
-            for name in names:
-                near = os.path.join(folder, f"{name.partition('.')[0]}.py")
-                if os.path.isfile(near) and near not in found:
-                    found.append(near)
-                    todo.append(near)
-    return found
+            if found is None or found.submodule_search_locations is not None:
+                continue  # not found, or a package
+            if found.origin is not None and found.origin.endswith(".py"):
+                files.append(os.path.abspath(found.origin))
+    return files
 
 
-def _zip_package(folder: str, name: str) -> str:
-    """A zip of the package's .py files, importable from sys.path as `name`
-    (with an entry per folder: zipimport needs them for namespace packages)."""
-    path = os.path.join(tempfile.mkdtemp(prefix="eir-stream-"), f"{name}.zip")
+def zip_package(package: str, name: str, folder: str) -> str:
+    """A zip of the package folder's .py files, written to `folder`,
+    importable from sys.path as `name` (with an entry per folder: zipimport
+    needs them for namespace packages)."""
+    path = os.path.join(folder, f"{name}.zip")
     with zipfile.ZipFile(path, "w") as archive:
-        for root, dirs, names in os.walk(folder):
+        for root, dirs, names in os.walk(package):
             dirs[:] = [d for d in dirs if not d.startswith((".", "__pycache__"))]
-            inside = os.path.normpath(os.path.join(name, os.path.relpath(root, folder)))
+            inside = os.path.normpath(
+                os.path.join(name, os.path.relpath(root, package))
+            )
             archive.write(root, inside)
-            for file in names:
+            for file in sorted(names):
                 if file.endswith(".py"):
                     archive.write(os.path.join(root, file), os.path.join(inside, file))
     return path

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 from eirstream.dask_engine import DaskEngine
 from eirstream.engines import DefaultEngine, Engine, ProcessEngine, ThreadEngine
-from eirstream.loading import load_checked_source, load_dataset_source
+from eirstream.loading import load_configured_source
 from eirstream.protocol import (
     AWAITING_HANDSHAKE,
     CLOSED,
@@ -87,11 +87,7 @@ class StreamServer:
         """ValueError (one line) when the source or the cluster is unusable."""
         self.settings = settings
         spec, source_settings = settings.source, settings.source_settings()
-        self.source = (
-            load_dataset_source(source_settings)
-            if settings.dataset is not None
-            else load_checked_source(spec, source_settings)
-        )
+        self.source = load_configured_source(settings)
         self.dataset_info = self.source.dataset_info()
         if self.source.num_samples is None and (
             settings.shuffle or settings.epochs != 1

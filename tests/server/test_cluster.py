@@ -1,12 +1,13 @@
 """--cluster against a real Dask cluster, started here as users start one.
 
 A module-wide cluster: `dask scheduler` and `dask worker --nworkers 2
---nthreads 1` as subprocesses on 127.0.0.1 (tests/local_dask.py), in a
+--nthreads 1` as subprocesses on 127.0.0.1 (support/local_dask.py), in a
 scratch folder without our modules and without PYTHONPATH, so every module
-the workers run has been uploaded by the server. The server is a subprocess
-with --cluster; the client reads whole passes as EIR's training connection
-does (tests/exact_pass.py). Nothing is mocked: the killed worker is a real
-Dask worker process, killed with SIGKILL in the middle of a pass.
+the workers run has been uploaded by the server: the eirstream package as one
+zip, and the source's own files. The server is a subprocess with --cluster;
+the client reads whole passes as EIR's training connection does
+(support/exact_pass.py). Nothing is mocked: the killed worker is a real Dask
+worker process, killed with SIGKILL in the middle of a pass.
 
 Without `distributed` the cluster tests skip, except in CI
 (EIR_REQUIRE_CLIENT=1 or CI=true), where they fail: CI must run them.
@@ -15,11 +16,13 @@ Without `distributed` the cluster tests skip, except in CI
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +40,9 @@ from support.exact_pass import (
 from support.local_dask import LocalDaskCluster, local_dask_cluster
 from support.server_process import ServerProcess
 from support.waiting import wait_until
+
+from eirstream.dask_engine import files_for_workers
+from eirstream.settings import DEFAULT_SOURCE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,11 +66,10 @@ def dask_cluster() -> Iterator[LocalDaskCluster]:
         )
         if REQUIRED:
             pytest.fail(
-                f"{why}, and CI must run the cluster tests: "
-                "pip install -r requirements-dev.txt",
+                f"{why}, and CI must run the cluster tests: pip install -e '.[dev]'",
                 pytrace=False,
             )
-        pytest.skip(f"{why} (pip install -r requirements-cluster.txt)")
+        pytest.skip(f"{why} (pip install -e '.[cluster]')")
     with local_dask_cluster(nworkers=2, nthreads=1) as cluster:
         yield cluster
 
@@ -75,6 +80,64 @@ def cluster(dask_cluster: LocalDaskCluster) -> LocalDaskCluster:
     by its nanny)."""
     dask_cluster.wait_for_workers(2, timeout=60)
     return dask_cluster
+
+
+# Run with -I in an empty folder: imports every module of the package from
+# the zip given as argv[1] (not __main__, which would start a server) and
+# prints the modules it found and those that came from elsewhere.
+IMPORT_EVERY_MODULE = """
+import importlib, json, pkgutil, sys
+archive = sys.argv[1]
+sys.path.insert(0, archive)
+import eirstream
+names = ["eirstream"] + [
+    module.name for module in pkgutil.walk_packages(eirstream.__path__, "eirstream.")
+]
+outside = [
+    name
+    for name in names
+    if not name.endswith("__main__")
+    and not importlib.import_module(name).__file__.startswith(archive)
+]
+print(json.dumps({"modules": names, "outside": outside}))
+"""
+
+
+def test_the_workers_get_the_whole_package_as_one_zip(tmp_path: Path) -> None:
+    """Every module of eirstream goes to the workers in one zip, and each one
+    imports from that zip alone: a module added to the package is never left
+    behind. The default source's files follow, each after those it imports
+    (a worker imports a file as it arrives). No cluster needed."""
+    ours, theirs, spec = files_for_workers(DEFAULT_SOURCE, str(tmp_path))
+    assert [Path(path).name for path in ours] == ["eirstream.zip"]
+    package = ROOT / "eirstream"
+    on_disk = {
+        f"eirstream/{path.relative_to(package).as_posix()}"
+        for path in package.rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    with zipfile.ZipFile(ours[0]) as archive:
+        zipped = {name for name in archive.namelist() if name.endswith(".py")}
+    assert zipped == on_disk
+    assert theirs == [
+        str(ROOT / "single_sample_simulation.py"),
+        str(ROOT / "data_simulator.py"),
+    ]
+    assert spec == DEFAULT_SOURCE
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", IMPORT_EVERY_MODULE, ours[0]],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert len(found["modules"]) == len(on_disk), found["modules"]
+    assert found["outside"] == []
 
 
 def modules_on_workers(cluster: LocalDaskCluster) -> dict[str, list[str]]:
@@ -235,6 +298,30 @@ def test_a_source_only_the_server_has_runs_on_the_workers(
         f for files in modules_on_workers(cluster).values() for f in files if stem in f
     ]
     assert ran_there, "the workers never imported the source file"
+
+
+def test_an_edited_tutorial_file_in_the_current_folder_runs_on_the_workers(
+    cluster: LocalDaskCluster, tmp_path: Path
+) -> None:
+    """Started from a folder that holds only an edited
+    single_sample_simulation.py, the server serves that edit (the current
+    folder comes first) and sends that copy to the workers, beside the
+    data_simulator.py it found elsewhere: the workers make the edited data."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    text = (ROOT / "single_sample_simulation.py").read_text()
+    assert "AGE = (18, 80)" in text, "the edit below needs this line"
+    edited = text.replace("AGE = (18, 80)", "AGE = (101, 101)")
+    (mine / "single_sample_simulation.py").write_text(edited)
+    num = 200
+    args = ["--port", "0", "--max-iterations", str(num), "--cluster", cluster.address]
+    before = sum(tasks_run(cluster).values())
+    with ServerProcess(*args, cwd=mine, log_path=tmp_path / "server.log") as server:
+        got = training_pass(server.url, batch_size=32)
+    assert sum(tasks_run(cluster).values()) > before, "no task ran on the workers"
+    check_exactly_once(got, range(num))
+    prompts = [json.loads(raw)["inputs"]["text_input"] for raw in got.by_id().values()]
+    assert all(" Age: 101 " in prompt for prompt in prompts), prompts[:3]
 
 
 BLOCK_DISTRIBUTED = (
