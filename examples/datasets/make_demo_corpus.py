@@ -42,7 +42,9 @@ def write_corpus(folder: Path, files: int, documents: int, seed: int) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        sys.exit("needs pyarrow: pip install -r requirements-datasets.txt")
+        sys.exit(
+            "needs pyarrow: pip install 'eirstream[datasets]' (or pip install pyarrow)"
+        )
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     total = 0

@@ -41,7 +41,7 @@ def dask_command() -> Path:
     if not path.exists():
         raise FileNotFoundError(
             f"no {name} next to {sys.executable}: install the cluster extra "
-            "(pip install -r requirements-cluster.txt)"
+            "(pip install 'eirstream[cluster]')"
         )
     return path
 
