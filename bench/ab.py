@@ -2,11 +2,13 @@
 of server options, under the same EIR-pattern clients.
 
 Each round runs A then B (every other round B then A), each a fresh server
-subprocess with --clients client processes of bench/throughput.py's
-`streaming_client` for --seconds; a rate is the clients' summed steady rate
-(bench/executors.py's `steady_rate`). It prints every round's rates, the
-medians, and B/A per round: this machine's speed drifts, so only rates of
-the same round are compared.
+subprocess (`python TREE/simulation_streamer.py`, run from TREE: relative
+paths in --a-args and --b-args are from that tree's root) with --clients
+EIR-pattern client processes (bench/clients.py) for --seconds; a rate is the
+clients' summed steady rate. It prints every round's rates, the medians,
+and B/A per round: a shared machine's speed drifts, so only rates of the
+same round are compared. bench/executors.py and bench/datasets.py take
+--baseline TREE for the same comparison over all their scenarios.
 
     # this tree against another checkout (git worktree add /tmp/base <rev>)
     python bench/ab.py --a-tree /tmp/base --clients 4
@@ -27,23 +29,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.executors import steady_rate  # noqa: E402
-from bench.throughput import (  # noqa: E402
-    run_clients,
-    running_process,
-    streaming_client,
-)
+from bench.clients import stream  # noqa: E402
+from bench.trees import Tree  # noqa: E402
 
 
 def rate(
-    tree: Path, args: Sequence[str], clients: int, batch: int, seconds: float
+    tree: Tree, args: Sequence[str], clients: int, batch: int, seconds: float
 ) -> float:
     """Samples/s that `clients` clients pulled, in all, from one server."""
-    command = [sys.executable, str(tree / "simulation_streamer.py"), *args]
-    with running_process(command) as server:
-        targets = [(streaming_client, (server.url, batch, seconds))] * clients
-        run = run_clients(server, targets, seconds, None)
-    return sum(steady_rate(report, batch) for report in run.streams())
+    server = tree.script("simulation_streamer.py", *args)
+    return stream(server, clients, batch, seconds).total
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,8 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print("python bench/ab.py " + shlex.join(sys.argv[1:] if argv is None else argv))
     variants = {
-        "A": (args.a_tree, shlex.split(args.a_args)),
-        "B": (args.b_tree, shlex.split(args.b_args)),
+        "A": (Tree.at(args.a_tree, "A"), shlex.split(args.a_args)),
+        "B": (Tree.at(args.b_tree, "B"), shlex.split(args.b_args)),
     }
     rates: dict[str, list[float]] = {"A": [], "B": []}
     for round_ in range(args.rounds):

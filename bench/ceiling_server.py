@@ -39,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.pool_source import make_source
+from eirstream.datasets.source import load_dataset
 
 PAIRING = 0.02  # seconds a heartbeat waits for a getData to pair with
 
@@ -51,8 +52,6 @@ def prebuilt(
     if dataset is None:
         source = make_source(seed=seed, sequence_length=sequence_length)
     else:
-        from eirstream.datasets.source import load_dataset
-
         source = load_dataset(dataset)
     info = json.dumps({"type": "info", "payload": source.dataset_info()}).encode()
 

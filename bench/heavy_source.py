@@ -10,9 +10,10 @@ fit the bundled EIR configs. Use it as
 
     python simulation_streamer.py --source bench/heavy_source.py:make_source
 
-The tests that kill a worker mid-pass serve it too (tests/test_local_pool.py,
-tests/test_cluster.py, through `bench_source` of tests/exact_pass.py): at
-~3 ms a sample, a pass lasts long enough to kill a worker in the middle.
+The tests that kill a worker mid-pass serve it too
+(tests/server/test_local_pool.py, tests/server/test_cluster.py, through
+`bench_source` of tests/support/exact_pass.py): at ~3 ms a sample, a pass
+lasts long enough to kill a worker in the middle.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ batch and reads one message, skipping heartbeat replies. Against the
 tutorial's server the unread replies pile up and, with batch size 1, the run
 stalls for good before 800,000 fetches (the client's 30 s read timeout). This
 benchmark starts our server as a subprocess on a free port, plays that client
-(tests/eir_like_client.py: handshake, validation probe, the unread heartbeat,
+(tests/support/eir_like_client.py: handshake, validation probe, the unread heartbeat,
 then `fetch_batch` over and over) and reports:
 
 * the fetch rate and the slowest fetch (a stall shows up as a read timeout);
@@ -28,14 +28,15 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import websocket  # noqa: E402
-from eir_like_client import EirLikeClient  # noqa: E402
-from server_process import ServerProcess, child_pids, rss_kib  # noqa: E402
+from support.eir_like_client import EirLikeClient  # noqa: E402
+from support.server_process import ServerProcess, child_pids, rss_kib  # noqa: E402
 
 
 def memory_snapshot(pid: int) -> dict[str, int | None]:
@@ -58,6 +59,63 @@ def server_status(url: str) -> dict:
     return reply["payload"]
 
 
+@dataclass
+class Tally:
+    """What the fetches so far got."""
+
+    fetches: int = 0
+    samples_read: int = 0
+    out_of_order: int = 0  # sample ids arrive in stream order on one connection
+    slowest: float = 0.0
+    stalled: str | None = None
+
+    def add(self, batch: list[dict], took: float) -> None:
+        """One fetch's batch, which took `took` seconds."""
+        for offset, sample in enumerate(batch):
+            if sample["sample_id"] != f"sample_{self.samples_read + offset}":
+                self.out_of_order += 1
+        self.samples_read += len(batch)
+        self.fetches += 1
+        self.slowest = max(self.slowest, took)
+
+
+def fetch_all(
+    client: EirLikeClient,
+    server_pid: int,
+    fetches: int,
+    batch_size: int,
+    progress_every: int,
+    memory: dict,
+) -> Tally:
+    """`fetches` fetches, or fewer on a stall; the server's memory half way."""
+    tally = Tally()
+    started = last_report = time.monotonic()
+    for fetch in range(1, fetches + 1):
+        before = time.monotonic()
+        try:
+            batch = client.fetch_batch(batch_size)
+        except websocket.WebSocketTimeoutException:
+            tally.stalled = f"read timeout ({client.timeout} s) at fetch {fetch}"
+            break
+        if batch is None:
+            tally.stalled = f"unexpected terminate at fetch {fetch}"
+            break
+        tally.add(batch, time.monotonic() - before)
+        if fetch == fetches // 2:
+            memory["middle"] = memory_snapshot(server_pid)
+        now = time.monotonic()
+        if progress_every and now - last_report >= progress_every:
+            last_report = now
+            print(
+                f"  {fetch:>9,} fetches  {fetch / (now - started):8,.0f}/s  "
+                f"slowest {tally.slowest * 1000:.1f} ms  "
+                f"server RSS {rss_kib(server_pid)} KiB",
+                file=sys.stderr,
+                flush=True,
+            )
+    return tally
+
+
 def run_bench(
     url: str,
     server_pid: int,
@@ -71,68 +129,31 @@ def run_bench(
     client.validation_probe()
     client.send({"type": "heartbeat"})  # EIR's initial heartbeat, never read
     memory = {"start": memory_snapshot(server_pid)}
-    samples_read = 0
-    slowest = 0.0
-    stalled: str | None = None
     started = time.monotonic()
-    last_report = started
-    expected = 0  # sample ids arrive in stream order on a single connection
-    out_of_order = 0
-    for fetch in range(1, fetches + 1):
-        before = time.monotonic()
-        try:
-            batch = client.fetch_batch(batch_size)
-        except websocket.WebSocketTimeoutException:
-            stalled = f"read timeout ({read_timeout} s) at fetch {fetch}"
-            break
-        took = time.monotonic() - before
-        slowest = max(slowest, took)
-        if batch is None:
-            stalled = f"unexpected terminate at fetch {fetch}"
-            break
-        for sample in batch:
-            if sample["sample_id"] != f"sample_{expected}":
-                out_of_order += 1
-            expected += 1
-        samples_read += len(batch)
-        if fetch == fetches // 2:
-            memory["middle"] = memory_snapshot(server_pid)
-        now = time.monotonic()
-        if progress_every and now - last_report >= progress_every:
-            last_report = now
-            print(
-                f"  {fetch:>9,} fetches  {fetch / (now - started):8,.0f}/s  "
-                f"slowest {slowest * 1000:.1f} ms  "
-                f"server RSS {rss_kib(server_pid)} KiB",
-                file=sys.stderr,
-                flush=True,
-            )
+    tally = fetch_all(client, server_pid, fetches, batch_size, progress_every, memory)
     elapsed = time.monotonic() - started
-    done = fetch if stalled is None else fetch - 1
     memory["end"] = memory_snapshot(server_pid)
-    queued = client.count_queued() if stalled is None else {}
+    queued = client.count_queued() if tally.stalled is None else {}
     client.close()
-    status = server_status(url)
+    served = server_status(url)["samples_served_total"]
     probe_samples = 1  # the validation probe's getData
     return {
-        "fetches": done,
+        "fetches": tally.fetches,
         "batch_size": batch_size,
         "seconds": round(elapsed, 2),
-        "fetches_per_second": round(done / elapsed, 1) if elapsed else None,
-        "slowest_fetch_ms": round(slowest * 1000, 2),
-        "stalled": stalled,
-        "samples_read": samples_read,
-        "samples_out_of_order": out_of_order,
-        "samples_served_total": status["samples_served_total"],
-        "served_minus_read": status["samples_served_total"]
-        - samples_read
-        - probe_samples,
+        "fetches_per_second": round(tally.fetches / elapsed, 1) if elapsed else None,
+        "slowest_fetch_ms": round(tally.slowest * 1000, 2),
+        "stalled": tally.stalled,
+        "samples_read": tally.samples_read,
+        "samples_out_of_order": tally.out_of_order,
+        "samples_served_total": served,
+        "served_minus_read": served - tally.samples_read - probe_samples,
         "queued_at_end": queued,
         "memory": memory,
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Run EIR's fetch pattern (heartbeat + getData per batch, one "
         "read) against a fresh server subprocess and report rate, latency, "
@@ -164,9 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="after --, extra arguments for simulation_streamer.py "
         "(e.g. -- --workers 1)",
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.fetches < 1 or args.batch_size < 1:
-        parser.error("--fetches and --batch-size must be positive")
+        parser.error(
+            f"--fetches and --batch-size must be positive, got {args.fetches} "
+            f"and {args.batch_size}"
+        )
     extra = [a for a in args.server_args if a != "--"]
 
     with ServerProcess("--port", "0", *extra) as server:

@@ -1,7 +1,7 @@
 """The simulation model written the most obvious way, one `randint` per draw.
 
 A second, independent reading of docs/data-model.md: the distribution tests
-(tests/test_generator.py) check that single_sample_simulation.py draws from
+(tests/unit/test_generator.py) check that single_sample_simulation.py draws from
 the same model, field by field, and bench/throughput.py and
 bench/executors.py time it as the rate that bounds the tutorial's server,
 whose generator is written this way. It lives in bench/ with the sample

@@ -4,7 +4,7 @@ Sample k is the pool's sample k % 1024, exactly as made, sample id included:
 the ids repeat every 1,024 samples, which a benchmark client does not mind
 (a training run would: EIR keys its validation set by id). Making a sample
 costs a list lookup, so served by our server it measures the server's own
-cost per sample (stream bookkeeping, chunks, messages, sockets), which the
+cost per sample (stream bookkeeping, tasks, messages, sockets), which the
 benchmark compares with a server that does nothing but send the same bytes
 (bench/ceiling_server.py). Use it as
 
