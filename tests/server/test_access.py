@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import websocket
 from support.eir_like_client import EirLikeClient
-from support.server_process import ServerProcess
+from support.server_process import STREAMER, ServerProcess
 from support.servers import running_server
 
-from eirstream import server as simulation_streamer
+import eirstream.server
 
 # Characters that need URL-encoding, to check the token survives the round trip.
 TOKEN = "k7Q-fixture+tok/en=&é"
@@ -52,7 +52,7 @@ def test_token_is_required_before_the_upgrade(
         return constant_time_compare(a, b)
 
     monkeypatch.setattr(
-        simulation_streamer.hmac, "compare_digest", recording_compare_digest
+        eirstream.server.hmac, "compare_digest", recording_compare_digest
     )
     with running_server(max_iterations=50, token=TOKEN) as server:
         base = server.url
@@ -262,12 +262,7 @@ def test_unusable_tls_files_are_one_clear_line(
         assert "--certfile" in server.lines[0] and named in server.lines[0]
         assert "Traceback" not in server.log
     keyless = subprocess.run(
-        [
-            sys.executable,
-            str(simulation_streamer.__file__),
-            "--keyfile",
-            str(key),
-        ],
+        [sys.executable, str(STREAMER), "--keyfile", str(key)],
         capture_output=True,
         text=True,
         timeout=30,
