@@ -68,10 +68,10 @@ def ahead_limit(sizes: Sizes, bounds: SizeBounds) -> int:
 def after_request(sizes: Sizes, bounds: SizeBounds, count: int) -> Sizes:
     """The sizes once a request asked for `count` samples: the read-ahead
     grows to twice the request, within its limit (rule 4)."""
-    largest = max(sizes.largest_request, count)
-    sizes = replace(sizes, largest_request=largest)
+    if count > sizes.largest_request:
+        sizes = replace(sizes, largest_request=count)
     if count * 2 <= sizes.read_ahead:
-        return sizes
+        return sizes  # the usual case: nothing to work out
     wanted = min(bounds.max_read_ahead, count * 2)
     return replace(sizes, read_ahead=min(wanted, ahead_limit(sizes, bounds)))
 
