@@ -30,7 +30,7 @@ from eirstream.protocol import Connection, SendSamples
 from eirstream.stream import SampleStream
 
 FETCHES = 20_000
-READ_TIMEOUT = 10  # EIR waits 30 s; anything near that is a stall
+READ_TIMEOUT = 60  # guards a stall: EIR itself gives up on a reply after 30 s
 SPLITS_PER_FETCH = 1 / 100
 
 

@@ -1,7 +1,7 @@
 """Running the server as an operator does: signals, ports, health, paths, logs.
 
 Most tests start `simulation_streamer.py` as a subprocess (`ServerProcess` of
-tests/server_process.py) and read the URL from its "listening" log line.
+support/server_process.py) and read the URL from its "listening" log line.
 """
 
 import http.client
@@ -131,7 +131,7 @@ def test_signal_closes_every_connection_with_1001_and_exits_0_promptly(
             target=stream_until_closed, args=(server.url, streaming, mid_stream)
         )
         streamer.start()
-        assert streaming.wait(10)
+        assert streaming.wait(60)
         workers = server.children()
         assert workers, "expected sample worker processes"
 
@@ -140,15 +140,10 @@ def test_signal_closes_every_connection_with_1001_and_exits_0_promptly(
         if signum == signal.SIGINT:  # an impatient second Ctrl-C changes nothing
             time.sleep(0.05)
             server.process.send_signal(signum)
-        status = server.wait(30)
+        status = server.wait(60)  # guards a hang; the deaf peer gets 1 s (below)
         took = time.monotonic() - sent
         print(f"{signum.name}: exit {status} after {took:.2f} s")
         assert status == 0
-        # The deaf peer gets 1 s to answer the close (about 1.3 s in all on an
-        # idle machine). The bound leaves room for a loaded one and still
-        # catches a server that waits for it as long as the websockets
-        # library would by default (10 s) or forever.
-        assert took < 8.0
 
         assert read_close(idle.ws) == (1001, "server shutting down")
         streamer.join(10)
@@ -174,11 +169,24 @@ def test_signal_closes_every_connection_with_1001_and_exits_0_promptly(
         wait_until(
             lambda: all(gone(pid) for pid in workers),
             f"the sample workers {workers} to exit with the server",
-            timeout=3,
+            timeout=60,
         )
         # Nothing listens on the port any more.
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+
+
+def test_a_peer_that_never_answers_the_close_costs_the_shutdown_a_second() -> None:
+    """What keeps the shutdown above prompt: each connection waits 1 s for
+    its peer's answer to the close, not the websockets library's default of
+    10 s (checked on the server's connections, not with a clock)."""
+    with running_server(max_iterations=10) as server:
+        client = EirLikeClient(server.url)
+        timeouts = server.call(
+            lambda: [ws.close_timeout for ws in server.server.connections]
+        )
+        client.close()
+    assert timeouts == [1]
 
 
 def test_port_in_use_is_one_clear_line_and_a_nonzero_exit() -> None:
@@ -444,7 +452,7 @@ def test_progress_lines_while_samples_flow_and_silence_when_idle() -> None:
         # The first progress line after the last batch has the final total
         # (the probe's sample, then the batches); no line after it may come.
         total = 1 + 100 * 16
-        flowing = server.wait_for(f", {total:,} in total;", timeout=5)
+        flowing = server.wait_for(f", {total:,} in total;", timeout=60)
         before = len(server.lines)
         time.sleep(1.6)  # four intervals without a sample served
         idle_lines = server.lines[before:]
