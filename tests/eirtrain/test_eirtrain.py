@@ -238,11 +238,11 @@ def test_eirtrain_on_two_ranks_ends_every_rank_at_the_same_step(
     passes = [m.groups() for line in log.stream_lines if (m := PASS_OVER.search(line))]
     assert passes[-1] == (str(level), str(len(trainers)), str(left)), passes
 
-    # Every rank ran (workers x level) steps; rank 0 logs its own, in chunks
-    # of sample_interval // 2 iterations.
+    # Every rank ran (workers x level) steps; rank 0 logs its own every
+    # sample_interval // 2 iterations.
     steps = max(1, dataloader_workers) * level
-    chunk = sample_interval // 2
-    assert steps - chunk < last_logged_iteration(run.output_folder) <= steps
+    logged_every = sample_interval // 2
+    assert steps - logged_every < last_logged_iteration(run.output_folder) <= steps
     print(
         f"ddp workers={dataloader_workers}: {run.seconds:.0f} s, {steps} steps per "
         f"rank, {level} batches of {BATCH_SIZE} per connection "

@@ -3,7 +3,7 @@
 `ServerProcess` is the one helper that starts a server process, for every
 test that needs a real process (signals, exit status, the log, memory,
 worker processes, eirtrain runs) and for bench/long_run.py. Tests that only
-talk to a server use the in-process `ServerThread` of tests/conftest.py.
+talk to a server use the in-process `ServerThread` of support/servers.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 
 import websocket
 
-ROOT = Path(__file__).resolve().parents[2]
+from support import ROOT
+
 STREAMER = ROOT / "simulation_streamer.py"
 _URL = re.compile(r"\b(wss?://\S+)")
 _LISTENING = re.compile(r"listening.*\bwss?://")

@@ -54,7 +54,8 @@ class ServerThread:
 
 @contextlib.contextmanager
 def running_server(**overrides) -> Iterator[ServerThread]:
-    """A server on 127.0.0.1:<free port>; in-loop generation unless workers given."""
+    """A server on 127.0.0.1:<free port>; samples are made in its thread
+    unless `workers` is given."""
     settings = replace(parse_args(["--port", "0", "--workers", "0"]), **overrides)
     server = ServerThread(settings)
     try:
