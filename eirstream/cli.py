@@ -67,9 +67,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line; every default of the server is here and only here."""
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line; every default of the server is here and only here.
+    `prog` names the command in messages (default: the script's name)."""
     parser = argparse.ArgumentParser(
+        prog=prog,
         description="Stream simulated health data (or your own) to EIR's eirtrain "
         "over WebSocket.",
         formatter_class=HelpFormatter,
@@ -196,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Settings:
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> Settings:
     """Settings from the command line, with defaults from ENVIRONMENT."""
-    parser = build_parser()
+    parser = build_parser(prog)
     actions = {action.dest: action for action in parser._actions}
     for dest, name in ENVIRONMENT.items():
         value = os.environ.get(name, "").strip()
@@ -366,10 +368,10 @@ def check(settings: Settings, samples: int) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """`eirstream`: serve until SIGINT/SIGTERM, or check the source with
     `--check`; the process exit status."""
-    settings = parse_args(argv)
+    settings = parse_args(argv, prog)
     if settings.check is None and websockets_missing:
         print(
             "error: the server needs the websockets package: "
