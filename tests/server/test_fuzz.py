@@ -422,8 +422,14 @@ def random_frame(rng: random.Random) -> str | bytes:
     return json.dumps(rng.choice([[], 0, "", None, True, 1e308, {"": {}}]))
 
 
+# A peer's last request: its error reply, which quotes it, says that the
+# server has answered everything the peer sent before it.
+LAST_REQUEST = {"type": "end-of-fuzz"}
+
+
 def drain(ws: websocket.WebSocket, out: dict) -> None:
-    """Read everything the server sends until the close, checking each message."""
+    """Read everything the server sends until the close, checking each message;
+    out["answered"] is set once the reply to LAST_REQUEST has come."""
     counts: dict[str, int] = {}
     try:
         while True:
@@ -437,6 +443,8 @@ def drain(ws: websocket.WebSocket, out: dict) -> None:
             if message["type"] == "error":
                 text = message["payload"]["message"]
                 assert isinstance(text, str) and 0 < len(text) <= MAX_ERROR_LENGTH
+                if LAST_REQUEST["type"] in text:
+                    out["answered"] = True
             counts[message["type"]] = counts.get(message["type"], 0) + 1
     except Exception as exc:
         out["exception"] = repr(exc)
@@ -473,9 +481,17 @@ def test_thousands_of_random_frames_leave_the_server_serving_correct_data(
                 else:
                     ws.send(frame)
         # Every fuzzing peer is still connected: nothing it sent made the
-        # server drop it. Then they leave normally.
+        # server drop it. Once the server has answered all they sent (a close
+        # sent earlier would end the replies to frames still queued), they
+        # leave normally.
         for ws in sockets:
             ws.send('{"type": "status"}')
+            ws.send(json.dumps(LAST_REQUEST))
+        wait_until(
+            lambda: all(result.get("answered") for result in results),
+            "the server to answer every fuzzing peer's last request",
+            timeout=60,
+        )
         for ws in sockets:
             ws.send_close()  # the reader thread reads the server's close reply
         for reader in readers:
