@@ -144,4 +144,4 @@ def simulate_sample(rng: random.Random, sequence_length: int = 64) -> tuple[str,
         raise ValueError(f"sequence_length must be at least 1, got {sequence_length}")
     person = draw_person(rng)
     readings = walk_trace(rng, person, sequence_length)
-    return person.prompt(), " ".join(str(r - r % 2) for r in readings)
+    return person.prompt(), " ".join([str(r - r % 2) for r in readings])
