@@ -1,12 +1,20 @@
-"""Shared fixtures, and the rule that CI's real-client tests never skip."""
+"""Shared fixtures, and the two rules of the eirtrain folder.
 
-import os
+Every test under tests/eirtrain runs the real client: it is marked
+`eirtrain` here (`-m "not eirtrain"` leaves them out), no test elsewhere may
+carry that mark, and each one skips without eirtrain, or fails where the
+run requires it (support/required.py: CI sets EIR_REQUIRE_CLIENT=1).
+No test imports from this file: shared helpers live in tests/support.
+"""
+
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.eirtrain_support import find_eirtrain
+from support.required import needs_eirtrain
 from support.servers import ServerThread, running_server
+
+EIRTRAIN_TESTS = Path(__file__).parent / "eirtrain"
 
 
 @pytest.fixture
@@ -25,20 +33,20 @@ def index_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests under tests/eirtrain are marked `eirtrain`, and only they."""
+    for item in items:
+        if item.path.is_relative_to(EIRTRAIN_TESTS):
+            item.add_marker(pytest.mark.eirtrain)
+        elif item.get_closest_marker("eirtrain") is not None:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked eirtrain: it belongs under tests/eirtrain"
+            )
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """With EIR_REQUIRE_CLIENT=1 (CI sets it), a missing eirtrain is a failure.
-
-    Interop tests otherwise skip when eirtrain is absent, which would let CI
-    go green without ever proving the server against the real client."""
-    if item.get_closest_marker("eirtrain") is None:
-        return
-    if os.environ.get("EIR_REQUIRE_CLIENT") != "1":
-        return
-    if find_eirtrain() is None:
-        pytest.fail(
-            "EIR_REQUIRE_CLIENT=1 but eirtrain is not installed: install eir-dl "
-            "in a virtual environment and set EIR_ENV_DIR to it (README.md, "
-            "'Tests against the real client')",
-            pytrace=False,
-        )
+    """A test of the real client skips without eirtrain (fails where the run
+    requires it), before its fixtures start anything."""
+    if item.get_closest_marker("eirtrain") is not None:
+        needs_eirtrain()

@@ -21,23 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ROOT
 from support.datasets import image_bytes
 from support.eirtrain_support import (
-    ROOT,
     StreamLog,
     parse_stream_log,
-    requires_eirtrain,
     run_eirtrain,
     write_shrunk_configs,
 )
 from support.server_process import ServerProcess
 
 # the server's index cache in tmp_path (the server inherits $EIR_STREAM_CACHE)
-pytestmark = [
-    pytest.mark.eirtrain,
-    requires_eirtrain,
-    pytest.mark.usefixtures("index_cache"),
-]
+pytestmark = pytest.mark.usefixtures("index_cache")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 

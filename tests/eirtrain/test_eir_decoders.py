@@ -7,10 +7,9 @@ PNG images of every mode, and give back exactly the values and pixels given.
 
 import json
 import random
-import subprocess
 
-import pytest
-from support.eirtrain_support import eir_python, find_eirtrain, requires_eirtrain
+from support.commands import run
+from support.eirtrain_support import eir_python
 from support.encodings import (
     as_float32,
     flat,
@@ -18,10 +17,9 @@ from support.encodings import (
     pixel_tuples,
     random_image,
 )
+from support.required import needs_eirtrain
 
 from eirstream import encoders as enc
-
-pytestmark = [pytest.mark.eirtrain, requires_eirtrain]
 
 EIR_DECODE = r"""
 import json, sys
@@ -52,8 +50,7 @@ print(json.dumps(out))
 
 
 def test_eirs_own_deserializers_read_our_encodings() -> None:
-    eirtrain = find_eirtrain()
-    assert eirtrain is not None  # requires_eirtrain skips otherwise
+    eirtrain = needs_eirtrain()
     rng = random.Random(7)
     array_values = [[rng.uniform(-5, 5) for _ in range(5)] for _ in range(3)]
     genotypes = [rng.choice([0, 1, 2, None]) for _ in range(20)]
@@ -79,14 +76,8 @@ def test_eirs_own_deserializers_read_our_encodings() -> None:
                 "info": {"type": "image", "mode": mode},
                 "value": enc.encode_image(pixels, png_filter=png_filter),
             }
-    done = subprocess.run(
-        [eir_python(eirtrain), "-c", EIR_DECODE],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    decode = [eir_python(eirtrain), "-c", EIR_DECODE]
+    done = run(decode, stdin=json.dumps(cases), timeout=180)  # imports torch
     assert done.returncode == 0, done.stderr[-3000:]
     decoded = json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -5,7 +5,8 @@ Runs `eirtrain` (eir-dl 0.25.0) to its end and checks both sides: the run exits
 docs/protocol.md, served every non-validation sample at most once for training
 (all of them to a single connection; with several, all but fewer than one
 more batch for each, which end level), never a validation one, and ended the
-pass with `terminate`. Two ranks under DDP (on CPU): every rank ends at the
+pass with `terminate`; the server's `?token=` in the configs' URLs reaches it
+on every connection. Two ranks under DDP (on CPU): every rank ends at the
 same step and the run exits cleanly.
 
 The validation ids are chosen here and handed to EIR with its
@@ -16,6 +17,7 @@ independently of what the server says it skipped.
 import random
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,10 @@ from support.eirtrain_support import (
     generated_samples,
     last_logged_iteration,
     parse_stream_log,
-    requires_eirtrain,
     run_eirtrain,
     write_shrunk_configs,
 )
-from support.server_process import ServerProcess
-
-pytestmark = [pytest.mark.eirtrain, requires_eirtrain]
+from support.server_process import ServerProcess, request_status
 
 MAX_ITERATIONS = 1200
 BATCH_SIZE = SMOKE_SHRINK["global"]["basic_experiment"]["batch_size"]
@@ -50,40 +49,56 @@ EIRTRAIN_TIMEOUT = 300
 VALIDATION = {0, *random.Random(4).sample(range(1, SETUP_SAMPLES), VALID_SIZE - 1)}
 
 
-def run_against_our_server(
-    tmp_path: Path, dataloader_workers: int
-) -> tuple[EirtrainRun, dict[str, Any], StreamLog]:
-    ids_file = tmp_path / "validation_ids.txt"
-    ids_file.write_text("".join(f"sample_{i}\n" for i in sorted(VALIDATION)))
-    basic = {
-        "dataloader_workers": dataloader_workers,
-        "manual_valid_ids_file": str(ids_file),
-    }
-    shrink = deep_merge(SMOKE_SHRINK, {"global": {"basic_experiment": basic}})
-    return train_against_our_server(tmp_path, shrink, MAX_ITERATIONS)
+@dataclass
+class Trained:
+    """What one eirtrain run against our server left: the run, the server's
+    last status, its log parsed and as text."""
+
+    run: EirtrainRun
+    status: dict[str, Any]
+    log: StreamLog
+    server_log: str
 
 
 def train_against_our_server(
-    tmp_path: Path, shrink: dict[str, Any], max_iterations: int
-) -> tuple[EirtrainRun, dict[str, Any], StreamLog]:
+    folder: Path, shrink: dict[str, Any], max_iterations: int, token: str = ""
+) -> Trained:
     """eirtrain with the configs shrunk by `shrink` against our server bounded
-    to `max_iterations`: it must exit 0 in time. The run, the server's final
-    status and its parsed log."""
+    to `max_iterations` (with `token`: the server's EIR_STREAM_TOKEN, in the
+    configs' URLs): it must exit 0 in time."""
     args = ["--port", "0", "--max-iterations", str(max_iterations), "--workers", "1"]
-    output_folder = tmp_path / "run"
-    log_path = tmp_path / "server.log"
-    with ServerProcess(*args, log_path=log_path, debug_log=True) as server:
+    env = {"EIR_STREAM_TOKEN": token} if token else None
+    output_folder = folder / "run"
+    log_path = folder / "server.log"
+    with ServerProcess(*args, env=env, log_path=log_path, debug_log=True) as server:
+        url = f"{server.url}?token={token}" if token else server.url
         configs = write_shrunk_configs(
-            CONFIGS, tmp_path / "configs", server.url, output_folder, shrink
+            CONFIGS, folder / "configs", url, output_folder, shrink
         )
         run = run_eirtrain(
-            configs, output_folder, tmp_path / "eirtrain.log", EIRTRAIN_TIMEOUT
+            configs, output_folder, folder / "eirtrain.log", EIRTRAIN_TIMEOUT
         )
-        status = server.status()
-        log = parse_stream_log(server.log)
+        status = request_status(url)
+        server.stop()
     assert not run.timed_out, f"eirtrain ran over {EIRTRAIN_TIMEOUT} s:\n{run.tail()}"
     assert run.returncode == 0, f"eirtrain exited {run.returncode}:\n{run.tail()}"
-    return run, status, log
+    return Trained(run, status, parse_stream_log(server.log), server.log)
+
+
+# The token of the smoke run's server: eirtrain must pass it through unchanged.
+TOKEN = "eir-run-5e1f0c"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """The smoke run, read by two tests: configs/ shrunk, no DataLoader
+    workers, the validation ids chosen here, the server's token in the URLs."""
+    folder = tmp_path_factory.mktemp("smoke")
+    ids_file = folder / "validation_ids.txt"
+    ids_file.write_text("".join(f"sample_{i}\n" for i in sorted(VALIDATION)))
+    basic = {"dataloader_workers": 0, "manual_valid_ids_file": str(ids_file)}
+    shrink = deep_merge(SMOKE_SHRINK, {"global": {"basic_experiment": basic}})
+    return train_against_our_server(folder, shrink, MAX_ITERATIONS, TOKEN)
 
 
 def assert_training_pass_exact(status: dict[str, Any], log: StreamLog) -> list[int]:
@@ -110,8 +125,10 @@ def assert_training_pass_exact(status: dict[str, Any], log: StreamLog) -> list[i
     return delivered
 
 
-def test_eirtrain_runs_the_configs_to_the_end_of_a_bounded_stream(tmp_path):
-    run, status, log = run_against_our_server(tmp_path, dataloader_workers=0)
+def test_eirtrain_runs_the_configs_to_the_end_of_a_bounded_stream(
+    smoke_run: Trained,
+) -> None:
+    run, status, log = smoke_run.run, smoke_run.status, smoke_run.log
 
     samples = generated_samples(run.output_folder)
     assert samples, f"no generated samples under {run.output_folder}/results"
@@ -147,6 +164,20 @@ def test_eirtrain_runs_the_configs_to_the_end_of_a_bounded_stream(tmp_path):
     iterations = len(delivered) // BATCH_SIZE
     buffer = SMOKE_SHRINK["global"]["evaluation_checkpoint"]["sample_interval"] // 2
     assert iterations - buffer < last_logged_iteration(run.output_folder) <= iterations
+
+
+def test_eirtrain_passes_the_token_in_its_urls_through(smoke_run: Trained) -> None:
+    """eirtrain passes `?token=` through to the server unchanged.
+
+    (Not over wss://: eir-dl 0.25.0's config validation takes only sources that
+    start with "ws://" for WebSocket URLs and rejects a wss:// one as a missing
+    file, although its streaming code would accept it.)"""
+    assert "Received termination signal" in smoke_run.run.output()
+    server_log = smoke_run.server_log
+    assert " 401" not in server_log  # every connection carried the token
+    opened = [line for line in server_log.splitlines() if line.endswith(": opened")]
+    assert len(opened) >= 6  # status, setup, reset, status, ids, training
+    assert TOKEN not in server_log
 
 
 # -- several GPU ranks (DDP), on CPU with gloo ----------------------------------
@@ -199,7 +230,8 @@ def test_eirtrain_on_two_ranks_ends_every_rank_at_the_same_step(
         DDP_SHRINK,
         {"global": {"basic_experiment": basic, "evaluation_checkpoint": interval}},
     )
-    run, status, log = train_against_our_server(tmp_path, shrink, DDP_MAX_ITERATIONS)
+    trained = train_against_our_server(tmp_path, shrink, DDP_MAX_ITERATIONS)
+    run, status, log = trained.run, trained.status, trained.log
     assert "Traceback" not in run.output(), run.tail(80)
 
     # Both ranks sent the same validation ids; neither rewound the pass.

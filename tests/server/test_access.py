@@ -6,16 +6,16 @@ import json
 import logging
 import shutil
 import ssl
-import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
 import pytest
 import websocket
+from support.commands import run, run_streamer
 from support.eir_like_client import EirLikeClient
-from support.server_process import STREAMER, ServerProcess
+from support.server_process import ServerProcess
 from support.servers import running_server
+from support.waiting import HANG
 
 import eirstream.server
 
@@ -28,7 +28,7 @@ HANDSHAKE = json.dumps({"type": "handshake", "version": "1.0", "worker_id": 0})
 def refused_status(url: str, **options) -> int:
     """The HTTP status of a refused WebSocket upgrade."""
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-        websocket.create_connection(url, timeout=5, **options)
+        websocket.create_connection(url, timeout=HANG, **options)
     return refused.value.status_code
 
 
@@ -69,12 +69,12 @@ def test_token_is_required_before_the_upgrade(
         assert server.status()["open_connections"] == 0
         assert server.call(lambda: server.server.connections_total) == 0
 
-        client = EirLikeClient(f"{base}?token={ENCODED}", timeout=5)
+        client = EirLikeClient(f"{base}?token={ENCODED}")
         client.validation_probe()
         assert len(client.fetch_batch(5)) == 5
         client.close()
         # Other query parameters may come along.
-        client = EirLikeClient(f"{base}?run=3&token={ENCODED}", timeout=5)
+        client = EirLikeClient(f"{base}?run=3&token={ENCODED}")
         client.validation_probe()
         client.close()
     assert (TOKEN.encode(), TOKEN.encode()) in compared
@@ -117,7 +117,7 @@ def test_token_from_environment_never_appears_in_the_log() -> None:
         assert "listening" in server.wait_for("?token=<your token>")
         assert refused_status(server.url) == 401
         assert refused_status(f"{server.url}?token=nope") == 401
-        client = EirLikeClient(f"{server.url}?token={secret}", timeout=5)
+        client = EirLikeClient(f"{server.url}?token={secret}")
         client.validation_probe()
         client.close()
         server.wait_for("closed (code 1000)")
@@ -139,7 +139,7 @@ def test_binding_beyond_localhost_without_a_token_warns(
         args += ["--token", token]
     with ServerProcess(*args) as server:
         url = server.url + (f"?token={token}" if token else "")
-        client = EirLikeClient(url, timeout=5)  # via 127.0.0.1 only
+        client = EirLikeClient(url)  # via 127.0.0.1 only
         client.validation_probe()
         client.close()
         warnings = [line for line in server.lines if " WARNING " in line]
@@ -159,7 +159,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         pytest.skip("the openssl command is not installed")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
+    made = run(
         [
             openssl,
             "req",
@@ -174,14 +174,12 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "-addext",
             "subjectAltName=IP:127.0.0.1,DNS:localhost",
             "-keyout",
-            str(key),
+            key,
             "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
+            cert,
+        ]
     )
+    assert made.returncode == 0, made.stderr
     return cert, key
 
 
@@ -196,10 +194,10 @@ def test_tls_serves_wss_to_a_client_that_trusts_the_certificate(
         url = f"{server.url}?token={ENCODED}"
         # Without trusting the certificate, verification fails.
         with pytest.raises(ssl.SSLCertVerificationError):
-            websocket.create_connection(url, timeout=5)
+            websocket.create_connection(url, timeout=HANG)
         # The way to give EIR's websocket-client a CA without changing EIR.
         monkeypatch.setenv("WEBSOCKET_CLIENT_CA_BUNDLE", str(cert))
-        client = EirLikeClient(url, timeout=5)
+        client = EirLikeClient(url)
         client.validation_probe()
         assert len(client.fetch_batch(4)) == 4
         client.close()
@@ -214,7 +212,7 @@ def test_tls_serves_an_unverifying_client_and_a_plain_one_harms_nobody(
     cert, key = certificate
     with running_server(max_iterations=50, certfile=str(cert), keyfile=str(key)) as s:
         ws = websocket.create_connection(
-            s.url, timeout=5, sslopt={"cert_reqs": ssl.CERT_NONE}
+            s.url, timeout=HANG, sslopt={"cert_reqs": ssl.CERT_NONE}
         )
         ws.send(HANDSHAKE)
         assert json.loads(ws.recv()) == {"type": "handshake", "version": "1.0"}
@@ -230,7 +228,7 @@ def test_tls_serves_an_unverifying_client_and_a_plain_one_harms_nobody(
         ws.close()
         context = ssl.create_default_context(cafile=str(cert))
         https = http.client.HTTPSConnection(
-            "127.0.0.1", s.server.port, context=context, timeout=5
+            "127.0.0.1", s.server.port, context=context, timeout=HANG
         )
         https.request("GET", "/healthz")
         assert https.getresponse().status == 200
@@ -242,12 +240,8 @@ def test_unusable_tls_files_are_one_clear_line(
 ) -> None:
     cert, key = certificate
     other_key = tmp_path / "other.pem"
-    subprocess.run(
-        ["openssl", "genpkey", "-algorithm", "RSA", "-out", str(other_key)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    made = run(["openssl", "genpkey", "-algorithm", "RSA", "-out", other_key])
+    assert made.returncode == 0, made.stderr
     cases = [
         (["--certfile", str(tmp_path / "missing.pem")], "missing.pem"),
         (["--certfile", str(cert), "--keyfile", str(other_key)], "other.pem"),
@@ -257,60 +251,10 @@ def test_unusable_tls_files_are_one_clear_line(
         with ServerProcess(
             "--port", "0", "--workers", "0", *args, wait_listening=False
         ) as server:
-            assert server.wait(15) == 2, server.log
+            assert server.wait(HANG) == 2, server.log
         assert len(server.lines) == 1, server.log
         assert "--certfile" in server.lines[0] and named in server.lines[0]
         assert "Traceback" not in server.log
-    keyless = subprocess.run(
-        [sys.executable, str(STREAMER), "--keyfile", str(key)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    keyless = run_streamer("--keyfile", str(key))
     assert keyless.returncode == 2
     assert "--keyfile needs --certfile" in keyless.stderr
-
-
-# -- the real client ------------------------------------------------------------
-@pytest.mark.eirtrain
-def test_eirtrain_trains_with_a_token_in_its_urls(
-    tmp_path: Path,
-) -> None:
-    """eirtrain passes `?token=` through to the server unchanged.
-
-    (Not over wss://: eir-dl 0.25.0's config validation takes only sources that
-    start with "ws://" for WebSocket URLs and rejects a wss:// one as a missing
-    file, although its streaming code would accept it.)"""
-    from support.eirtrain_support import (
-        CONFIGS,
-        SMOKE_SHRINK,
-        find_eirtrain,
-        run_eirtrain,
-        write_shrunk_configs,
-    )
-
-    if find_eirtrain() is None:
-        pytest.skip(
-            "eirtrain not installed: no $EIR_ENV_DIR/bin/eirtrain (default "
-            "/tmp/eirenv) and none on PATH"
-        )
-    secret = "eir-run-5e1f0c"
-    args = ["--port", "0", "--workers", "1", "--max-iterations", "1200"]
-    with ServerProcess(*args, env={"EIR_STREAM_TOKEN": secret}) as server:
-        output = tmp_path / "run"
-        configs = write_shrunk_configs(
-            CONFIGS,
-            tmp_path / "configs",
-            f"{server.url}?token={secret}",
-            output,
-            SMOKE_SHRINK,
-        )
-        run = run_eirtrain(configs, output, tmp_path / "eirtrain.log", timeout=300)
-        assert not run.timed_out, run.tail()
-        assert run.returncode == 0, run.tail()
-        assert "Received termination signal" in run.output()
-        server.stop()
-    assert " 401" not in server.log  # every connection carried the token
-    opened = [line for line in server.lines if line.endswith(": opened")]
-    assert len(opened) >= 6  # status, setup, reset, status, ids, training
-    assert secret not in server.log

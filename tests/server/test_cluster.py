@@ -10,16 +10,15 @@ the client reads whole passes as EIR's training connection does
 worker process, killed with SIGKILL in the middle of a pass.
 
 Without `distributed` the cluster tests skip, except in CI
-(EIR_REQUIRE_CLIENT=1 or CI=true), where they fail: CI must run them.
+(EIR_REQUIRE_CLIENT=1 or CI=true), where they fail: CI must run them
+(support/required.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import zipfile
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import pytest
 import websocket
+from support import ROOT
+from support.commands import run, run_streamer
 from support.eir_like_client import EirLikeClient
 from support.exact_pass import (
     bench_source,
@@ -38,38 +39,23 @@ from support.exact_pass import (
     write_source,
 )
 from support.local_dask import LocalDaskCluster, local_dask_cluster
+from support.required import needs_dask
 from support.server_process import ServerProcess
+from support.servers import running_server
 from support.waiting import wait_until
 
 from eirstream.dask_engine import files_for_workers
+from eirstream.readahead import SampleProducer
 from eirstream.settings import DEFAULT_SOURCE
-
-ROOT = Path(__file__).resolve().parents[2]
 
 NUM_SAMPLES = 4000
 VALIDATION = [k for k in range(NUM_SAMPLES) if k % 5 == 1]
 EXPECTED = [k for k in range(NUM_SAMPLES) if k % 5 != 1]
-REQUIRED = os.environ.get("EIR_REQUIRE_CLIENT") == "1" or (
-    os.environ.get("CI", "").lower() == "true"
-)
 
 
 @pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[LocalDaskCluster]:
-    missing = importlib.util.find_spec("distributed") is None
-    dask_cli = Path(sys.executable).parent / "dask"
-    if missing or not dask_cli.exists():
-        why = (
-            "`distributed` is not installed"
-            if missing
-            else f"no dask command at {dask_cli}"
-        )
-        if REQUIRED:
-            pytest.fail(
-                f"{why}, and CI must run the cluster tests: pip install -e '.[dev]'",
-                pytrace=False,
-            )
-        pytest.skip(f"{why} (pip install -e '.[cluster]')")
+    needs_dask()
     with local_dask_cluster(nworkers=2, nthreads=1) as cluster:
         yield cluster
 
@@ -78,7 +64,7 @@ def dask_cluster() -> Iterator[LocalDaskCluster]:
 def cluster(dask_cluster: LocalDaskCluster) -> LocalDaskCluster:
     """The module's cluster with both workers up (a killed one is restarted
     by its nanny)."""
-    dask_cluster.wait_for_workers(2, timeout=60)
+    dask_cluster.wait_for_workers(2)
     return dask_cluster
 
 
@@ -126,14 +112,7 @@ def test_the_workers_get_the_whole_package_as_one_zip(tmp_path: Path) -> None:
     assert spec == DEFAULT_SOURCE
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-I", "-c", IMPORT_EVERY_MODULE, ours[0]],
-        cwd=empty,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run([sys.executable, "-I", "-c", IMPORT_EVERY_MODULE, ours[0]], cwd=empty)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert len(found["modules"]) == len(on_disk), found["modules"]
@@ -229,7 +208,6 @@ def test_a_dask_worker_killed_mid_stream_costs_no_sample(
     restart = wait_until(
         lambda: len(cluster.client.scheduler_info()["workers"]) == 2,
         "the nanny to restart the killed worker",
-        timeout=60,
     )
     stall = longest_stall_after(got.arrivals, killed["at"])
     print(
@@ -324,10 +302,12 @@ def test_an_edited_tutorial_file_in_the_current_folder_runs_on_the_workers(
     assert all(" Age: 101 " in prompt for prompt in prompts), prompts[:3]
 
 
+# Runs the script as `python SCRIPT ARGS` would, where `distributed` cannot
+# be imported.
 BLOCK_DISTRIBUTED = (
     "import runpy, sys\n"
     "sys.modules['distributed'] = None  # `import distributed` now fails\n"
-    "sys.argv = [sys.argv[1], *sys.argv[2:]]\n"
+    "sys.argv = sys.argv[1:]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"
 )
 
@@ -335,20 +315,18 @@ BLOCK_DISTRIBUTED = (
 @pytest.mark.parametrize("how", ["--cluster", "DASK_SCHEDULER_ADDRESS"])
 def test_cluster_without_distributed_says_what_to_install(how: str) -> None:
     """No cluster needed: this one runs everywhere, distributed or not."""
-    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
-    args = [
-        sys.executable,
-        "-c",
-        BLOCK_DISTRIBUTED,
-        str(ROOT / "simulation_streamer.py"),
-    ]
-    args += ["--port", "0"]
+    address = "tcp://127.0.0.1:9"
+    args = ["--port", "0"]
+    env = {}
     if how == "--cluster":
-        args += ["--cluster", "tcp://127.0.0.1:9"]
+        args += ["--cluster", address]
     else:
-        env["DASK_SCHEDULER_ADDRESS"] = "tcp://127.0.0.1:9"
-    done = subprocess.run(
-        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        env["DASK_SCHEDULER_ADDRESS"] = address
+    done = run_streamer(
+        *args,
+        env=env,
+        without=["DASK_SCHEDULER_ADDRESS"],
+        python_args=["-c", BLOCK_DISTRIBUTED],
     )
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line]
     assert done.returncode == 2, (done.returncode, lines)
@@ -361,22 +339,16 @@ def test_a_cluster_without_workers_makes_requests_wait_and_says_why(
 ) -> None:
     """Requests wait for workers to join (no error reply), and the log says
     that no worker is connected."""
-    from support.servers import running_server
-
-    from eirstream.readahead import SampleProducer
-
-    if importlib.util.find_spec("distributed") is None and not REQUIRED:
-        pytest.skip("`distributed` is not installed")
+    needs_dask()
     monkeypatch.setattr(SampleProducer, "WAIT_WARNING", 0.5)
     with local_dask_cluster(nworkers=1, nthreads=1) as lonely:
         os.killpg(lonely.workers.pid, signal.SIGKILL)  # worker and nanny gone
         wait_until(
             lambda: not lonely.client.scheduler_info(n_workers=-1)["workers"],
             "the scheduler to drop its killed worker",
-            timeout=30,
         )
         with running_server(max_iterations=100, cluster=lonely.address) as server:
-            client = EirLikeClient(server.url, timeout=30)
+            client = EirLikeClient(server.url)
             client.send({"type": "getData", "payload": {"batch_size": 8}})
             with pytest.raises(websocket.WebSocketTimeoutException):
                 client.recv(timeout=2.5)  # nothing yet, and no error either

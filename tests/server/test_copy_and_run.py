@@ -14,7 +14,6 @@ data from any folder, and, from a folder that holds an edited copy of
 
 import re
 import shutil
-import subprocess
 import tomllib
 import venv
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from support import ROOT
+from support.commands import run
 from support.eir_like_client import EirLikeClient
 from support.server_process import ServerProcess
 
@@ -86,14 +86,8 @@ def new_venv(folder: Path) -> Path:
 
 
 def pip_install(python: Path, *args: str) -> None:
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
-    done = subprocess.run(
-        [*pip, "--quiet", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+    done = run([*pip, *args], timeout=300)
     assert done.returncode == 0, done.stderr
 
 
@@ -151,27 +145,13 @@ def test_without_websockets_the_server_says_what_to_install(
     bare_python: Path, tmp_path: Path
 ) -> None:
     copy_into(tmp_path, COPY_LIST)
-    done = subprocess.run(
-        [str(bare_python), "simulation_streamer.py"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run([bare_python, "simulation_streamer.py"], cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "error: the server needs the websockets package: "
         "pip install 'websockets>=14' (installing eirstream brings it)"
     )
-    checked = subprocess.run(
-        [str(bare_python), "simulation_streamer.py", "--check", "5"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    checked = run([bare_python, "simulation_streamer.py", "--check", "5"], cwd=tmp_path)
     assert (checked.returncode, checked.stderr) == (0, "")
     assert checked.stdout.startswith("ok: 5 samples checked; input text_input")
 
@@ -182,13 +162,7 @@ def test_the_copied_files_alone_serve_a_training_run(
     """Runs after the test above, which needs `bare_python` without websockets."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pip_install(bare_python, *project["dependencies"])
-    listed = subprocess.run(
-        [str(bare_python), "-m", "pip", "list", "--format=freeze"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    listed = run([bare_python, "-m", "pip", "list", "--format=freeze"]).stdout
     names = {line.split("==")[0].lower() for line in listed.split()}
     assert names - {"pip", "setuptools"} == {"websockets"}
 

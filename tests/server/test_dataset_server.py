@@ -8,17 +8,16 @@ local Dask cluster serves the same bytes as local workers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import websocket
-from support.server_process import ROOT, ServerProcess
+from support.commands import run_streamer
+from support.local_dask import local_dask_cluster
+from support.required import needs_dask
+from support.server_process import ServerProcess
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -55,13 +54,7 @@ def write_dataset(folder: Path) -> Path:
 
 def start_fails(*args: str) -> str:
     """The server's output when it must refuse to start (exit 2)."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "simulation_streamer.py"), "--port", "0", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    done = run_streamer("--port", "0", *args)
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert "listening" not in done.stderr and "Traceback" not in done.stderr
     return done.stderr
@@ -172,11 +165,7 @@ def raw_samples(url: str, count: int) -> dict[str, str]:
 
 
 def test_a_dask_cluster_serves_the_same_bytes_as_local_workers(served: Path) -> None:
-    required = os.environ.get("EIR_REQUIRE_CLIENT") == "1"
-    if importlib.util.find_spec("distributed") is None and not required:
-        pytest.skip("`distributed` is not installed")
-    from support.local_dask import local_dask_cluster
-
+    needs_dask()
     args = ["--dataset", str(served), "--shuffle", "--seed", "5"]
     with ServerProcess("--port", "0", *args, "--workers", "2") as local:
         here = raw_samples(local.url, ROWS)

@@ -5,12 +5,11 @@ the index cache instead of counting again.
 
 import concurrent.futures as futures
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support import ROOT
+from support.commands import run
 from support.datasets import CHUNK_SPEC, expected_chunks, write_documents, write_spec
 
 pytest.importorskip("pyarrow")
@@ -57,14 +56,9 @@ def test_worker_processes_find_the_cache(tmp_path: Path, index_cache: Path) -> N
         "'seed': 0, 'sequence_length': 64, 'max_iterations': None}); "
         "print(json.dumps([s.files_counted, s.samples_json([3, 0])]))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )  # the environment, and so $EIR_STREAM_CACHE, is this process's
+    # the environment, and so $EIR_STREAM_CACHE, is this process's
+    done = run([sys.executable, "-c", script], timeout=120)
+    assert done.returncode == 0, done.stderr
     counted, texts = json.loads(done.stdout)
     assert counted == 0
     assert texts == built.samples_json([3, 0])

@@ -135,7 +135,7 @@ def replay_a_real_run(server: ServerThread, workers: int) -> None:
     client.send({"type": "getData", "payload": {"batch_size": BATCH}})
     client.send({"type": "status", "payload": {}})
     after: list[dict[str, Any]] = []
-    while (message := client.recv(timeout=5))["type"] != "status":
+    while (message := client.recv())["type"] != "status":
         after.append(message)
     terminates = [m for m in after if m["type"] == "data"]
     assert terminates and all(m["payload"] == ["terminate"] for m in terminates)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.eir_like_client import EirLikeClient
 from support.servers import running_server
-from support.waiting import wait_until
+from support.waiting import HANG, wait_until
 from websocket import ABNF
 
 from data_simulator import SimulatedHealthData
@@ -463,7 +463,7 @@ def test_thousands_of_random_frames_leave_the_server_serving_correct_data(
         sockets, results, readers = [], [], []
         for _ in range(peers):
             ws = websocket.create_connection(
-                server.url, skip_utf8_validation=True, timeout=20
+                server.url, skip_utf8_validation=True, timeout=HANG
             )
             ws.send(json.dumps(HANDSHAKE))
             result: dict = {}
@@ -495,13 +495,13 @@ def test_thousands_of_random_frames_leave_the_server_serving_correct_data(
         for ws in sockets:
             ws.send_close()  # the reader thread reads the server's close reply
         for reader in readers:
-            reader.join(30)
+            reader.join(HANG)
         for ws in sockets:
             ws.shutdown()
         elapsed = time.monotonic() - started
 
         # Invalid UTF-8 in a text frame is a WebSocket protocol error (1007).
-        broken = websocket.create_connection(server.url, timeout=5)
+        broken = websocket.create_connection(server.url, timeout=HANG)
         broken.send(json.dumps(HANDSHAKE))
         broken.recv()
         broken.send_frame(ABNF.create_frame(b"\xff\xfe{", ABNF.OPCODE_TEXT))
@@ -515,7 +515,7 @@ def test_thousands_of_random_frames_leave_the_server_serving_correct_data(
         )
 
         # A well-behaved client: validation ids, probe, one full training pass.
-        good = EirLikeClient(server.url, timeout=10)
+        good = EirLikeClient(server.url)
         confirm = good.request(
             {
                 "type": "setValidationIds",

@@ -10,6 +10,7 @@ import time
 import websocket
 from support.eir_like_client import EirLikeClient
 from support.servers import running_server
+from support.waiting import HANG
 
 from eirstream.cli import parse_args
 
@@ -47,7 +48,7 @@ def test_idle_client_gets_no_frames_and_stays_connected():
 
 def test_ping_interval_option_enables_pings_that_are_answered():
     with running_server(max_iterations=5, ping_interval=0.2) as srv:
-        ws = websocket.create_connection(srv.url, timeout=5)
+        ws = websocket.create_connection(srv.url, timeout=HANG)
         ws.send(json.dumps({"type": "handshake", "version": "1.0"}))
         assert json.loads(ws.recv())["type"] == "handshake"
         frame = ws.recv_data_frame(control_frame=True)

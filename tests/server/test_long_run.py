@@ -24,13 +24,13 @@ import pytest
 import websocket
 from support.eir_like_client import EirLikeClient
 from support.servers import running_server
-from support.waiting import wait_until
+from support.waiting import HANG, wait_until
 
 from eirstream.protocol import Connection, SendSamples
 from eirstream.stream import SampleStream
 
 FETCHES = 20_000
-READ_TIMEOUT = 60  # guards a stall: EIR itself gives up on a reply after 30 s
+READ_TIMEOUT = HANG  # guards a stall: EIR itself gives up on a reply after 30 s
 SPLITS_PER_FETCH = 1 / 100
 
 
@@ -135,8 +135,8 @@ def test_concurrent_eir_workers_each_keep_no_backlog() -> None:
         )
         second = threading.Thread(target=worker, args=(2, server.url))
         second.start()
-        first.join(60)
-        second.join(60)
+        first.join(HANG)
+        second.join(HANG)
         served = server.status()["samples_served_total"]
     assert set(results) == {1, 2}
     everything = results[1][0] + results[2][0]
@@ -150,7 +150,7 @@ def test_a_lone_heartbeat_is_answered_in_time_and_in_order() -> None:
     """Pairing never holds a heartbeat back for a getData that does not come:
     EIR's validation probe waits 5 s for that reply."""
     with running_server(max_iterations=None) as server:
-        client = EirLikeClient(server.url, timeout=5)
+        client = EirLikeClient(server.url)
         client.send({"type": "heartbeat"})
         assert client.recv() == {"type": "heartbeat"}
         # A getData that comes too late to pair: heartbeat reply first, then

@@ -17,7 +17,7 @@ import pytest
 import websocket
 from support.eir_like_client import EirLikeClient
 from support.servers import ServerThread, running_server
-from support.waiting import wait_until
+from support.waiting import HANG, wait_until
 
 from data_simulator import SimulatedHealthData
 from eirstream.cli import parse_args
@@ -118,7 +118,7 @@ def eir_training_connection(
     pass and read everything again). The probes and resets themselves race.
     """
     if start_together is not None:
-        start_together.wait(timeout=30)
+        start_together.wait(timeout=HANG)
     time.sleep(delay)
     client = EirLikeClient(url)
     try:
@@ -126,7 +126,7 @@ def eir_training_connection(
         client.send({"type": "heartbeat"})  # EIR never reads this reply
         first = client.fetch_batch(BATCH)
         assert first is not None, "the stream ended before every client started"
-        all_started.wait(timeout=30)
+        all_started.wait(timeout=HANG)
         training = indices(first)
         while (batch := client.fetch_batch(BATCH)) is not None:
             training += indices(batch)
@@ -325,7 +325,7 @@ def test_half_a_million_validation_ids_in_one_message() -> None:
     with running_server() as server:  # unbounded: every one of them is produced
         client = EirLikeClient(server.url)
         client.ws.send(message)
-        reply = client.recv(timeout=30)
+        reply = client.recv()
         assert reply["type"] == "validationIdsConfirmation", reply
         assert reply["payload"]["message"].startswith(
             "Received 500000 validation ids, 500000 of them produced by this stream"

@@ -10,18 +10,17 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
 import websocket
-from support import ROOT
+from support.commands import run, run_streamer
 from support.eir_like_client import EirLikeClient
 from support.server_process import ServerProcess
 from support.servers import running_server
-from support.waiting import wait_until
+from support.waiting import HANG, wait_until
 from websocket import ABNF
 
 # Process ids, CPU times and memory are read from /proc (Linux).
@@ -35,7 +34,7 @@ LOG_LINE = re.compile(
 )
 
 
-def read_close(ws: websocket.WebSocket, timeout: float = 5) -> tuple[int, str]:
+def read_close(ws: websocket.WebSocket, timeout: float = HANG) -> tuple[int, str]:
     """Skip messages up to the close frame: (code, reason)."""
     ws.settimeout(timeout)
     while True:
@@ -45,7 +44,7 @@ def read_close(ws: websocket.WebSocket, timeout: float = 5) -> tuple[int, str]:
 
 
 def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
@@ -84,7 +83,7 @@ def free_port() -> int:
 
 def stream_until_closed(url: str, started: threading.Event, out: dict) -> None:
     """EIR's fetch loop (batch 16) until the server's close frame arrives."""
-    ws = websocket.create_connection(url, skip_utf8_validation=True, timeout=10)
+    ws = websocket.create_connection(url, skip_utf8_validation=True, timeout=HANG)
     out["batches"] = 0
     try:
         ws.send(HANDSHAKE)
@@ -115,11 +114,11 @@ def test_signal_closes_every_connection_with_1001_and_exits_0_promptly(
     signum: signal.Signals,
 ) -> None:
     with ServerProcess("--port", "0", "--workers", "1") as server:
-        idle = EirLikeClient(server.url, timeout=5)  # handshake only, then silent
+        idle = EirLikeClient(server.url)  # handshake only, then silent
         # A peer that asks for a lot and never reads: the server's sends to it
         # block on a full socket buffer. (Served alone, so that what it got
         # does not depend on how fast the streaming client below is.)
-        deaf = EirLikeClient(server.url, timeout=5)
+        deaf = EirLikeClient(server.url)
         for _ in range(40):
             deaf.send({"type": "getData", "payload": {"batch_size": 1000}})
         wait_until(
@@ -131,7 +130,7 @@ def test_signal_closes_every_connection_with_1001_and_exits_0_promptly(
             target=stream_until_closed, args=(server.url, streaming, mid_stream)
         )
         streamer.start()
-        assert streaming.wait(60)
+        assert streaming.wait(HANG)
         workers = server.children()
         assert workers, "expected sample worker processes"
 
@@ -140,13 +139,13 @@ def test_signal_closes_every_connection_with_1001_and_exits_0_promptly(
         if signum == signal.SIGINT:  # an impatient second Ctrl-C changes nothing
             time.sleep(0.05)
             server.process.send_signal(signum)
-        status = server.wait(60)  # guards a hang; the deaf peer gets 1 s (below)
+        status = server.wait(HANG)  # the deaf peer gets 1 s (see the test below)
         took = time.monotonic() - sent
         print(f"{signum.name}: exit {status} after {took:.2f} s")
         assert status == 0
 
         assert read_close(idle.ws) == (1001, "server shutting down")
-        streamer.join(10)
+        streamer.join(HANG)
         assert "exception" not in mid_stream, mid_stream
         assert mid_stream["close"] == (1001, "server shutting down")
         assert mid_stream["batches"] > 0
@@ -169,7 +168,6 @@ def test_signal_closes_every_connection_with_1001_and_exits_0_promptly(
         wait_until(
             lambda: all(gone(pid) for pid in workers),
             f"the sample workers {workers} to exit with the server",
-            timeout=60,
         )
         # Nothing listens on the port any more.
         with pytest.raises(OSError):
@@ -194,7 +192,7 @@ def test_port_in_use_is_one_clear_line_and_a_nonzero_exit() -> None:
         with ServerProcess(
             "--port", str(first.port), "--workers", "0", wait_listening=False
         ) as second:
-            status = second.wait(10)
+            status = second.wait(HANG)
         assert status != 0
         lines = [line for line in second.lines if line.strip()]
         assert len(lines) == 1, second.lines
@@ -202,7 +200,7 @@ def test_port_in_use_is_one_clear_line_and_a_nonzero_exit() -> None:
         assert str(first.port) in lines[0]
         assert "in use" in lines[0].lower(), lines[0]
         # The first server is unaffected.
-        client = EirLikeClient(first.url, timeout=5)
+        client = EirLikeClient(first.url)
         client.validation_probe()
         client.close()
 
@@ -215,12 +213,7 @@ def test_bad_command_line_values_are_rejected_with_a_message() -> None:
         (["--path", "ws"], "--path"),
         (["--token", ""], "--token"),
     ]:
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "simulation_streamer.py"), *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_streamer(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert expected in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
@@ -242,7 +235,8 @@ def run_cpu_seconds(command: list[str]) -> float:
     import resource  # POSIX only, as /proc is
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(command, cwd=ROOT, check=True, timeout=60)
+    done = run(command)
+    assert done.returncode == 0, done.stderr
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
@@ -269,7 +263,7 @@ def test_startup_to_listening_costs_little_more_cpu_than_the_imports() -> None:
 
 def test_healthz_answers_json_without_upgrading() -> None:
     with running_server(max_iterations=100) as server:
-        client = EirLikeClient(server.url, timeout=5)
+        client = EirLikeClient(server.url)
         client.validation_probe()
         assert len(client.fetch_batch(7)) == 7
         for path in ("/healthz", "/healthz?probe=1"):
@@ -284,7 +278,7 @@ def test_healthz_answers_json_without_upgrading() -> None:
         # A WebSocket client asking for /healthz gets the 200, not an upgrade.
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
             websocket.create_connection(
-                server.url.replace("/ws", "/healthz"), timeout=5
+                server.url.replace("/ws", "/healthz"), timeout=HANG
             )
         assert refused.value.status_code == 200
         client.close()
@@ -298,11 +292,11 @@ def test_any_other_path_gets_404(path: str) -> None:
         assert status == 404
         assert b"/ws" in body  # names the path that works
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-            websocket.create_connection(f"ws://127.0.0.1:{port}{path}", timeout=5)
+            websocket.create_connection(f"ws://127.0.0.1:{port}{path}", timeout=HANG)
         assert refused.value.status_code == 404
         assert server.status()["open_connections"] == 0
         # The right path, with a query string, works.
-        client = EirLikeClient(f"ws://127.0.0.1:{port}/ws?run=7", timeout=5)
+        client = EirLikeClient(f"ws://127.0.0.1:{port}/ws?run=7")
         client.validation_probe()
         client.close()
 
@@ -311,7 +305,7 @@ def test_path_option_moves_the_websocket_endpoint() -> None:
     with ServerProcess("--port", "0", "--workers", "0", "--path", "/stream") as server:
         assert server.url.endswith("/stream")
         assert http_get(server.port, "/ws")[0] == 404
-        client = EirLikeClient(server.url, timeout=5)
+        client = EirLikeClient(server.url)
         client.validation_probe()
         client.close()
 
@@ -320,13 +314,13 @@ def test_max_message_size_flag_closes_with_1009() -> None:
     with ServerProcess(
         "--port", "0", "--workers", "0", "--max-message-size", "2048"
     ) as server:
-        client = EirLikeClient(server.url, timeout=5)
+        client = EirLikeClient(server.url)
         client.ws.send("x" * 3000)
         code, reason = read_close(client.ws)
         assert code == 1009
         assert "2048" in reason
         client.ws.shutdown()
-        other = EirLikeClient(server.url, timeout=5)
+        other = EirLikeClient(server.url)
         other.validation_probe()
         other.close()
         line = server.wait_for("closed by the server: code 1009")
@@ -335,21 +329,21 @@ def test_max_message_size_flag_closes_with_1009() -> None:
 
 def eir_session(url: str) -> None:
     """A normal setup-and-train exchange, as EIR has it, ending in a close."""
-    client = EirLikeClient(url, timeout=5)
+    client = EirLikeClient(url)
     client.validation_probe()
     while client.fetch_batch(32) is not None:
         pass
     client.close()
-    client = EirLikeClient(url, timeout=5)
+    client = EirLikeClient(url)
     assert client.request({"type": "status", "payload": {}})[0]["type"] == "status"
     client.close()
-    client = EirLikeClient(url, timeout=5)
+    client = EirLikeClient(url)
     confirm = client.request(
         {"type": "setValidationIds", "payload": {"validation_ids": ["sample_1"]}}
     )[0]
     assert confirm["type"] == "validationIdsConfirmation"
     client.close()
-    client = EirLikeClient(url, timeout=5)
+    client = EirLikeClient(url)
     client.validation_probe()
     samples = client.training_pass(32)
     assert len(samples) == 99 - 1  # sample_1 is for validation
@@ -359,7 +353,7 @@ def eir_session(url: str) -> None:
 def test_info_log_is_one_line_per_connection_event() -> None:
     with ServerProcess("--port", "0", "--workers", "0", "--max-iterations", "99") as s:
         eir_session(s.url)
-        bad = EirLikeClient(s.url, timeout=5)
+        bad = EirLikeClient(s.url)
         bad.ws.send("not json")
         bad.recv()
         bad.close()
@@ -415,13 +409,13 @@ def test_non_websocket_traffic_is_turned_away_quietly() -> None:
             b"",
         ]
         for raw in raw_requests:
-            with socket.create_connection(("127.0.0.1", server.port), 5) as peer:
+            with socket.create_connection(("127.0.0.1", server.port), HANG) as peer:
                 peer.sendall(raw)
                 peer.shutdown(socket.SHUT_WR)
-                peer.settimeout(5)
+                peer.settimeout(HANG)
                 answer = peer.recv(100)
                 assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
-        client = EirLikeClient(server.url, timeout=5)
+        client = EirLikeClient(server.url)
         client.validation_probe()
         client.close()
         server.stop()
@@ -441,7 +435,7 @@ def test_progress_lines_while_samples_flow_and_silence_when_idle() -> None:
         "--port", "0", "--workers", "0", "--max-iterations", "20000",
         "--progress-interval", "0.4",
     ) as server:  # fmt: skip
-        client = EirLikeClient(server.url, timeout=10)
+        client = EirLikeClient(server.url)
         client.validation_probe()
         # A fixed number of batches, a small part of the pass however fast
         # the machine serves them; one reply to each request.
@@ -452,7 +446,7 @@ def test_progress_lines_while_samples_flow_and_silence_when_idle() -> None:
         # The first progress line after the last batch has the final total
         # (the probe's sample, then the batches); no line after it may come.
         total = 1 + 100 * 16
-        flowing = server.wait_for(f", {total:,} in total;", timeout=60)
+        flowing = server.wait_for(f", {total:,} in total;")
         before = len(server.lines)
         time.sleep(1.6)  # four intervals without a sample served
         idle_lines = server.lines[before:]

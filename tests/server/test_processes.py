@@ -6,11 +6,10 @@ workers make the samples the server sends.
 """
 
 import hashlib
-import os
-import subprocess
 import sys
 
 from support import ROOT
+from support.commands import run
 
 from data_simulator import SimulatedHealthData
 
@@ -25,17 +24,11 @@ DIGEST = (
 def test_samples_do_not_depend_on_the_process_or_hash_seed() -> None:
     digests = set()
     for hash_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        digests.add(
-            subprocess.run(
-                [sys.executable, "-c", DIGEST, str(ROOT)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=60,
-            ).stdout.strip()
+        done = run(
+            [sys.executable, "-c", DIGEST, ROOT], env={"PYTHONHASHSEED": hash_seed}
         )
+        assert done.returncode == 0, done.stderr
+        digests.add(done.stdout.strip())
     here = "".join(
         SimulatedHealthData(seed=3, sequence_length=100).samples_json(range(200))
     )

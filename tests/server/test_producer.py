@@ -18,6 +18,7 @@ from itertools import pairwise
 
 import websocket
 from support.servers import running_server
+from support.waiting import HANG
 
 from data_simulator import SimulatedHealthData
 from eirstream.engines import DefaultEngine, ProcessEngine, ThreadEngine
@@ -26,8 +27,6 @@ from eirstream.readahead import SampleProducer
 from eirstream.sizing import SizeBounds
 from eirstream.stream import SampleStream
 from eirstream.tasks import Task, TaskEvent
-
-HANG = 60  # seconds: guards against a hang only, far above any machine's need
 
 
 # -- the server: bytes per sample id ---------------------------------------------------

@@ -8,28 +8,25 @@ anything else happens.
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from support.commands import run_streamer
 
 from eirstream.cli import ENVIRONMENT, build_parser, parse_args
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def run_server(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """The CLI with a port that cannot be bound, so a run that gets past the
-    settings fails fast instead of serving."""
-    clean = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT.values()}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "simulation_streamer.py"), *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    """The command line run to its end with none of the environment's
+    defaults but `env`: every test here gives settings it refuses."""
+    return run_streamer(*args, env=env, without=ENVIRONMENT.values())
+
+
+@pytest.fixture
+def no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process without any of the environment variables that set a
+    default (ENVIRONMENT), for the test's own."""
+    for variable in ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
 
 
 @pytest.mark.parametrize(
@@ -55,11 +52,10 @@ def test_a_bad_environment_value_names_the_variable(
     assert "failed" not in done.stderr  # not mistaken for a --source problem
 
 
+@pytest.mark.usefixtures("no_environment")
 def test_environment_values_become_defaults_and_flags_override_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for variable in ENVIRONMENT.values():
-        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("MAX_ITERATIONS", "1200")
     monkeypatch.setenv("SEQUENCE_LENGTH", " 32 ")
     monkeypatch.setenv("EIR_STREAM_TOKEN", "s3cret")
@@ -72,15 +68,14 @@ def test_environment_values_become_defaults_and_flags_override_them(
     assert parse_args([]).cluster == "tcp://127.0.0.1:8786"
 
 
-def test_settings_are_the_parsed_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("no_environment")
+def test_settings_are_the_parsed_arguments() -> None:
     """Every option lands in Settings under its own name, with the parser's
     default; only --workers (None: one process per core, which may hand over
     to a thread: `workers_auto`), --source (None: the simulator, or the
     dataset's source with --dataset), --epochs (None: 1, or endless with
     --dataset) and --log-level (None: info, or warning with --check) are
     resolved."""
-    for variable in ENVIRONMENT.values():
-        monkeypatch.delenv(variable, raising=False)
     defaults = vars(build_parser().parse_args([]))
     settings = vars(parse_args([]))
     assert settings.pop("workers_auto") is True
@@ -94,11 +89,10 @@ def test_settings_are_the_parsed_arguments(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings == defaults
 
 
+@pytest.mark.usefixtures("no_environment")
 def test_a_dataset_streams_endless_epochs_unless_told_and_excludes_a_source(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for variable in ENVIRONMENT.values():
-        monkeypatch.delenv(variable, raising=False)
     served = parse_args(["--dataset", "corpus.yaml"])
     assert (served.source, served.epochs) == (
         "eirstream.datasets.source:make_source",
@@ -112,12 +106,9 @@ def test_a_dataset_streams_endless_epochs_unless_told_and_excludes_a_source(
     assert "--dataset 'corpus.yaml' and --source 'mine:make'" in capsys.readouterr().err
 
 
-def test_only_the_default_workers_may_hand_over_to_a_thread(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.usefixtures("no_environment")
+def test_only_the_default_workers_may_hand_over_to_a_thread() -> None:
     """--workers N is N processes whatever the source costs; so is a cluster."""
-    for variable in ENVIRONMENT.values():
-        monkeypatch.delenv(variable, raising=False)
     assert parse_args(["--workers", "2"]).workers_auto is False
     assert parse_args(["--workers", "0"]).workers_auto is False
     assert parse_args(["--cluster", "tcp://127.0.0.1:1"]).workers_auto is False

@@ -10,14 +10,13 @@ non-zero exit, no traceback.
 """
 
 import logging
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import ROOT
+from support.commands import run_streamer
 from support.eir_like_client import EirLikeClient
 from support.servers import running_server
 
@@ -312,22 +311,8 @@ def test_cli_rejects_bad_sources_in_one_line_without_traceback(
     """Run from the plugin's folder: the CLI finds modules in the current
     directory although the server script lives elsewhere."""
     for spec, fragment in bad_specs(broken_modules):
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "simulation_streamer.py"),
-                "--port",
-                "0",
-                "--workers",
-                "0",
-                "--source",
-                spec,
-            ],
-            cwd=broken_modules,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+        done = run_streamer(
+            "--port", "0", "--workers", "0", "--source", spec, cwd=broken_modules
         )
         assert done.returncode == 2, (spec, done.stderr)
         assert "Traceback" not in done.stderr, done.stderr
@@ -336,22 +321,13 @@ def test_cli_rejects_bad_sources_in_one_line_without_traceback(
         assert "ERROR" in lines[0] and fragment in lines[0], (spec, lines[0])
 
 
-def check_command(*args: str) -> list[str]:
-    """The server's command line with `--check`, from the tutorial's file."""
-    return [sys.executable, str(ROOT / "simulation_streamer.py"), "--check", *args]
-
-
 def test_check_option_validates_a_source(on_path: Path) -> None:
     """`--check N` checks the configured source and serves nothing: one line
     and exit status 0 when it fits, one error line and 1 when not."""
-    ok = subprocess.run(
-        check_command("5", "--source", "rows_plugin:make", "--max-iterations", "3"),
+    ok = run_streamer(
+        "--check", "5", "--source", "rows_plugin:make", "--max-iterations", "3",
         cwd=on_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("ok: 3 samples checked; input measures (tabular)")
     assert ok.stdout.count("\n") == 1 and ok.stderr == "", (ok.stdout, ok.stderr)
@@ -372,14 +348,7 @@ def test_check_option_validates_a_source(on_path: Path) -> None:
             """
         )
     )
-    bad = subprocess.run(
-        check_command("--source", "bad_rows:make"),
-        cwd=on_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    bad = run_streamer("--check", "--source", "bad_rows:make", cwd=on_path)
     assert bad.returncode == 1
     assert bad.stderr.strip() == (
         "error: row-0: target_labels['trend'] must be nested as {'trend': value} "
@@ -392,9 +361,7 @@ def test_check_option_checks_the_default_source_and_a_dataset(
 ) -> None:
     """`--check` checks whatever the command line would serve: the tutorial's
     data by default, or `--dataset SPEC`."""
-    done = subprocess.run(
-        check_command("3"), cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    done = run_streamer("--check", "3", cwd=tmp_path)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == (
         "ok: 3 samples checked; input text_input (sequence), "
@@ -411,23 +378,13 @@ def test_check_option_checks_the_default_source_and_a_dataset(
         "inputs:\n  clinical: {type: tabular, columns: [age]}\n"
         "outputs:\n  label: {type: tabular, columns: [label]}\n"
     )
-    done = subprocess.run(
-        check_command("--dataset", str(spec)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_streamer("--check", "--dataset", str(spec))
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == (
         "ok: 3 samples checked; input clinical (tabular), output label (tabular)\n"
     )
     spec.write_text(spec.read_text().replace("[label]", "[grade]"))
-    done = subprocess.run(
-        check_command("--dataset", str(spec)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_streamer("--check", "--dataset", str(spec))
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("error: --dataset ") and "grade" in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr

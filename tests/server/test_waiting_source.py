@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import websocket
-from support.server_process import ROOT, ServerProcess
+from support import ROOT
+from support.server_process import ServerProcess
+from support.waiting import HANG
 
 from eirstream.readahead import ASKED
 
 WAITING = str(ROOT / "bench" / "waiting_source.py")
-HANG = 60  # seconds a reply may take: guards against a hang only
 
 
 @contextmanager

@@ -12,9 +12,14 @@ from typing import Any
 
 import websocket
 
+from support.waiting import HANG
+
 
 class EirLikeClient:
-    def __init__(self, url: str, timeout: float = 30, worker_id: int = 0) -> None:
+    """One connection, handshaken. `timeout` bounds the wait for each reply
+    (EIR itself gives up after 30 s; a test's bound only guards a hang)."""
+
+    def __init__(self, url: str, timeout: float = HANG, worker_id: int = 0) -> None:
         self.ws = websocket.create_connection(
             url, skip_utf8_validation=True, timeout=timeout
         )

@@ -1,7 +1,7 @@
 """Run the real EIR client (`eirtrain`) against a data server, for interop tests.
 
 Nothing here is specific to one example: start the server with
-`ServerProcess` (tests/server_process.py; `debug_log=True` for the lines
+`ServerProcess` (support/server_process.py; `debug_log=True` for the lines
 `parse_stream_log` reads), give this the folder of EIR configs and the
 settings to shrink, and it
 
@@ -15,7 +15,8 @@ settings to shrink, and it
   and `terminate`, and the stream's own lines (the end of a pass).
 
 eirtrain is looked up in $EIR_ENV_DIR/bin (default /tmp/eirenv), then on PATH;
-tests skip with `requires_eirtrain` when it is absent.
+every test under tests/eirtrain skips without it, or fails where the run
+requires it (support/required.py, called for them by tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from support import ROOT
+from support.commands import clean_env, run
+from support.waiting import HANG
 
-ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 EIR_ENV_DIR = Path(os.environ.get("EIR_ENV_DIR", "/tmp/eirenv"))
 
@@ -75,14 +77,6 @@ def eir_python(eirtrain: Path) -> str:
     raise RuntimeError(f"cannot tell which Python runs {eirtrain}")
 
 
-requires_eirtrain = pytest.mark.skipif(
-    find_eirtrain() is None,
-    reason=f"eirtrain not installed: no {EIR_ENV_DIR}/bin/eirtrain (set EIR_ENV_DIR "
-    "to a virtual environment with eir-dl 0.25.0; see the README, 'Tests against "
-    "the real client') and none on PATH",
-)
-
-
 # -- configs -----------------------------------------------------------------
 def config_kind(path: Path) -> str | None:
     """Which eirtrain option a config file goes to, by the start of its name."""
@@ -95,13 +89,7 @@ def read_yaml_documents(path: Path, python: str) -> list[Any]:
         "import json, sys, yaml\n"
         "print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))"
     )
-    out = subprocess.run(
-        [python, "-c", code, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = run([python, "-c", code, path])
     if out.returncode != 0:
         raise RuntimeError(f"cannot read {path} as YAML: {out.stderr.strip()}")
     return json.loads(out.stdout)
@@ -211,9 +199,9 @@ def run_eirtrain(
         if configs.get(kind):
             command += [f"--{kind}_configs", *map(str, configs[kind])]
     command += list(extra_args)
-    env = dict(os.environ)
+    threads: dict[str, str] = {}
     if torch_threads is not None:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(torch_threads)
+        threads["OMP_NUM_THREADS"] = threads["MKL_NUM_THREADS"] = str(torch_threads)
     started = time.monotonic()
     timed_out = False
     with log_path.open("wb") as log:
@@ -222,7 +210,7 @@ def run_eirtrain(
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=log_path.parent,
-            env=env,
+            env=clean_env(values=threads),
             start_new_session=True,
         )
         try:
@@ -231,7 +219,7 @@ def run_eirtrain(
             timed_out = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
+            process.wait(HANG)
     return EirtrainRun(
         process.returncode,
         time.monotonic() - started,

@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from support.eir_like_client import EirLikeClient
+from support.waiting import HANG
 
 ROOT = Path(__file__).resolve().parents[2]
 _DECODER = json.JSONDecoder()
@@ -106,7 +107,7 @@ def training_pass(
     url: str,
     batch_size: int,
     after_batch: Callable[[int], None] | None = None,
-    timeout: float = 60,
+    timeout: float = HANG,
     max_replies: int = 100_000,
 ) -> Pass:
     """EIR's training connection to the end of the stream.

@@ -3,8 +3,9 @@
 `local_dask_cluster()` runs `dask scheduler` and `dask worker` as subprocesses
 (the `dask` command next to this Python), waits until the scheduler counts
 the workers, and kills both process groups on the way out, whatever happened.
-The tests (test_cluster.py) and the benchmark (bench/executors.py) use
-it, so both exercise the commands users run, not an in-process LocalCluster.
+The tests (test_cluster.py, test_dataset_server.py) and the benchmark
+(bench/executors.py) use it, so both exercise the commands users run, not an
+in-process LocalCluster.
 
 Everything listens on 127.0.0.1 only, including the scheduler's and workers'
 HTTP servers, which `--no-dashboard` alone leaves on 0.0.0.0:8787 (and a
@@ -30,6 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from support.commands import clean_env
+from support.waiting import HANG
 
 LOOPBACK = "127.0.0.1"
 
@@ -81,7 +85,7 @@ class LocalDaskCluster:
                 total += (int(fields[11]) + int(fields[12])) / tick
         return total
 
-    def wait_for_workers(self, count: int, timeout: float = 60) -> None:
+    def wait_for_workers(self, count: int, timeout: float = HANG) -> None:
         try:
             self.client.wait_for_workers(count, timeout=timeout)
         except TimeoutError:
@@ -93,7 +97,7 @@ class LocalDaskCluster:
 
 @contextlib.contextmanager
 def local_dask_cluster(
-    nworkers: int = 2, nthreads: int = 1, timeout: float = 60
+    nworkers: int = 2, nthreads: int = 1, timeout: float = HANG
 ) -> Iterator[LocalDaskCluster]:
     """Scheduler + `dask worker --nworkers N --nthreads T` on 127.0.0.1."""
     from distributed import Client  # the caller needs `distributed` anyway
@@ -101,8 +105,8 @@ def local_dask_cluster(
     dask = dask_command()
     with tempfile.TemporaryDirectory(prefix="local-dask-") as tmp:
         folder = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env["DASK_TEMPORARY_DIRECTORY"] = str(folder / "scratch")  # not /tmp/dask-*
+        scratch = {"DASK_TEMPORARY_DIRECTORY": str(folder / "scratch")}  # not /tmp
+        env = clean_env(without=["PYTHONPATH"], values=scratch)
         scheduler_file = folder / "scheduler.json"
         http = ["--no-dashboard", "--dashboard-address", f"{LOOPBACK}:0"]
         procs: list[subprocess.Popen[bytes]] = []

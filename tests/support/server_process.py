@@ -25,8 +25,9 @@ from urllib.parse import urlsplit
 import websocket
 
 from support import ROOT
+from support.commands import STREAMER, clean_env
+from support.waiting import HANG
 
-STREAMER = ROOT / "simulation_streamer.py"
 _URL = re.compile(r"\b(wss?://\S+)")
 _LISTENING = re.compile(r"listening.*\bwss?://")
 
@@ -71,7 +72,7 @@ class ServerProcess:
         log_path: Path | None = None,
         debug_log: bool = False,
         wait_listening: bool = True,
-        timeout: float = 60,
+        timeout: float = HANG,
         python: str | Path = sys.executable,
         cwd: Path = ROOT,
         script: str | Path = STREAMER,
@@ -88,7 +89,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             self.args,
             cwd=cwd,
-            env={**os.environ, **(env or {})},
+            env=clean_env(values=env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -139,7 +140,7 @@ class ServerProcess:
         with self._changed:
             return "\n".join(self.lines)
 
-    def wait_for(self, text: str | re.Pattern[str], timeout: float = 10) -> str:
+    def wait_for(self, text: str | re.Pattern[str], timeout: float = HANG) -> str:
         """The first log line containing `text` (or matching a regular
         expression), waiting for it if need be."""
         pattern = re.compile(re.escape(text)) if isinstance(text, str) else text
@@ -163,10 +164,10 @@ class ServerProcess:
     def wait(self, timeout: float) -> int:
         """Wait for the process to exit; its exit status. The log is complete."""
         status = self.process.wait(timeout)
-        self._reader.join(5)
+        self._reader.join(HANG)
         return status
 
-    def status(self, timeout: float = 10) -> dict[str, Any]:
+    def status(self, timeout: float = HANG) -> dict[str, Any]:
         """The server's `status` payload, asked on a connection of its own."""
         return request_status(self.url, timeout)
 
@@ -183,7 +184,7 @@ class ServerProcess:
                 return self.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-        return self.wait(10)
+        return self.wait(HANG)
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -199,7 +200,7 @@ class ServerProcess:
             self.process.stdout.close()
 
 
-def request_status(url: str, timeout: float = 10) -> dict[str, Any]:
+def request_status(url: str, timeout: float = HANG) -> dict[str, Any]:
     """Handshake, then `status`; the status payload."""
     ws = websocket.create_connection(url, timeout=timeout, skip_utf8_validation=True)
     try:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from eirstream.cli import parse_args
 from eirstream.server import StreamServer
 from eirstream.settings import Settings
+from support.waiting import HANG
 
 
 class ServerThread:
@@ -27,7 +28,7 @@ class ServerThread:
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
-        if not started.wait(10):
+        if not started.wait(HANG):
             raise RuntimeError("server did not start")
         scheme = "wss" if settings.certfile else "ws"
         self.url = f"{scheme}://127.0.0.1:{self.server.port}{settings.path}"
@@ -38,7 +39,7 @@ class ServerThread:
         async def wrapper():
             return fn(*args)
 
-        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(HANG)
 
     def status(self) -> dict:
         return self.call(self.server.stream.status)
@@ -46,9 +47,9 @@ class ServerThread:
     def stop(self) -> None:
         fut = asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop)
         with contextlib.suppress(Exception):
-            fut.result(10)
+            fut.result(HANG)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.thread.join(HANG)
         self.loop.close()
 
 

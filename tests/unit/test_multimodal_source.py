@@ -1,24 +1,19 @@
 """examples/multimodal: every EIR modality from one simulated source.
 
-Unit tests decode each payload with independent code (struct and the PNG
-decoder of support/encodings.py) and check determinism and the hidden signal a
-model is meant to learn; the server serves it unchanged through --source; and
-the real eirtrain trains all five inputs and five outputs to a clean exit.
+Each payload is decoded with independent code (struct and the PNG decoder of
+support/encodings.py); the samples are deterministic and carry the hidden
+signal a model is meant to learn. The server serves this source in
+tests/server/test_multimodal_server.py, and the real eirtrain trains on it
+in tests/eirtrain/test_multimodal_eirtrain.py.
 """
 
 import base64
-import logging
 import statistics
 import struct
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from support import ROOT
-from support.eir_like_client import EirLikeClient
 from support.encodings import decode_png
-from support.server_process import ServerProcess
-from support.servers import running_server
 
 from eirstream import eirformat
 from examples.multimodal.source import (
@@ -32,9 +27,6 @@ from examples.multimodal.source import (
     make_source,
     square_origin,
 )
-
-SPEC = "examples.multimodal.source:make_source"
-EXAMPLE = ROOT / "examples" / "multimodal"
 
 
 def decode(sample: dict) -> dict:
@@ -69,9 +61,6 @@ def samples() -> list[dict]:
     )
 
 
-# =============================================================================
-# The source on its own
-# =============================================================================
 def test_info_and_samples_are_what_eir_expects(samples: list[dict]) -> None:
     eirformat.check_dataset_info(DATASET_INFO)
     assert set(DATASET_INFO["inputs"]) == {
@@ -197,98 +186,3 @@ def test_severity_shortens_survival(samples: list[dict]) -> None:
         by_severity[d["summary"][2]].append(d["outcome"]["time"])
     means = [statistics.mean(by_severity[w]) for w in SEVERITY_WORDS]
     assert means[0] > means[1] > means[2]
-
-
-# =============================================================================
-# Through the server
-# =============================================================================
-@pytest.mark.parametrize("workers", [0, 2])
-def test_the_source_option_serves_the_sources_own_samples(
-    caplog: pytest.LogCaptureFixture, workers: int
-) -> None:
-    caplog.set_level(logging.INFO, logger="eirstream")
-    local = make_source(seed=2, sequence_length=64, max_iterations=40)
-    with running_server(
-        source=SPEC, seed=2, max_iterations=40, workers=workers
-    ) as server:
-        client = EirLikeClient(server.url)
-        probe = client.validation_probe()
-        assert probe["info"]["payload"] == DATASET_INFO
-        received = client.training_pass(batch_size=16)
-        client.close()
-    assert received == local.samples(range(40))
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == []
-
-
-# =============================================================================
-# The real client
-# =============================================================================
-SHRINK = {
-    "global": {
-        "basic_experiment": {"batch_size": 16, "valid_size": 16},
-        "data_preparation": {"streaming_setup_samples": 96},
-        "evaluation_checkpoint": {"sample_interval": 5, "checkpoint_interval": 5},
-        "visualization_logging": {"no_pbar": True, "plot_skip_steps": 5},
-    }
-}
-MAX_ITERATIONS = 208  # 16 validation samples, then 12 batches of 16
-
-
-@pytest.fixture
-def eirtrain_support():
-    from support import eirtrain_support
-
-    if eirtrain_support.find_eirtrain() is None:
-        # With EIR_REQUIRE_CLIENT=1, conftest.py fails the test before this.
-        where = eirtrain_support.EIR_ENV_DIR / "bin" / "eirtrain"
-        pytest.skip(
-            f"eirtrain not installed: no {where} and none on PATH (set EIR_ENV_DIR "
-            "to an environment with eir-dl: README.md, 'Tests against the real "
-            "client')"
-        )
-    return eirtrain_support
-
-
-@pytest.mark.eirtrain
-def test_eirtrain_trains_every_modality(eirtrain_support, tmp_path: Path) -> None:
-    support = eirtrain_support
-    output_folder = tmp_path / "run"
-    args = ["--port", "0", "--workers", "1", "--source", SPEC]
-    args += ["--max-iterations", str(MAX_ITERATIONS)]
-    log_path = tmp_path / "server.log"
-    with ServerProcess(*args, log_path=log_path, debug_log=True) as server:
-        configs = support.write_shrunk_configs(
-            EXAMPLE, tmp_path / "configs", server.url, output_folder, SHRINK
-        )
-        assert len(configs["input"]) == 5 and len(configs["output"]) == 5
-        run = support.run_eirtrain(
-            configs, output_folder, tmp_path / "eirtrain.log", timeout=400
-        )
-        status = server.status()
-    assert not run.timed_out, run.tail()
-    assert run.returncode == 0, run.tail()
-    assert "Received termination signal" in run.output()
-    assert "Traceback" not in run.output(), run.tail(80)
-    assert status["validation_ids"] == 16
-
-    results = output_folder / "results"
-    for output, target in (
-        ("diagnosis", "group"),
-        ("diagnosis", "score"),
-        ("profile", "profile"),
-        ("mask", "mask"),
-        ("summary", "summary"),
-        ("outcome", "event"),
-    ):
-        history = results / output / target / f"validation_{target}_history.log"
-        rows = history.read_text().splitlines()
-        assert rows[0].startswith("iteration,") and len(rows) >= 2, history
-    assert list((results / "mask" / "mask" / "samples").glob("*/auto/*_generated.png"))
-    assert list(
-        (results / "profile" / "profile" / "samples").glob("*/auto/*_generated.npy")
-    )
-    assert list(
-        (results / "summary" / "summary" / "samples").glob("*/auto/*_generated.txt")
-    )
-    assert list((output_folder / "saved_models").glob("*.pt"))
