@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +32,11 @@ from support.eir_like_client import EirLikeClient
 from support.exact_pass import (
     bench_source,
     check_exactly_once,
+    check_remade_pass,
     longest_stall_after,
-    send_validation_ids,
+    pass_killing_a_worker,
     training_pass,
+    validated_pass,
     write_source,
 )
 from support.local_dask import LocalDaskCluster, local_dask_cluster
@@ -147,18 +148,16 @@ def tasks_run(cluster: LocalDaskCluster) -> dict[str, int]:
 def test_cluster_serves_each_sample_once_with_the_local_bytes(
     cluster: LocalDaskCluster, tmp_path: Path
 ) -> None:
-    ids = [f"sample_{k}" for k in VALIDATION]
-    args = ["--port", "0", "--seed", "3", "--max-iterations", str(NUM_SAMPLES)]
+    args = ["--seed", "3", "--max-iterations", str(NUM_SAMPLES)]
     before = tasks_run(cluster)
-    on_dask = ["--cluster", cluster.address]
-    with ServerProcess(*args, *on_dask, log_path=tmp_path / "dask.log") as s:
-        send_validation_ids(s.url, ids)
-        on_dask = training_pass(s.url, batch_size=64)
-        status = s.status()["making"]
+    on_dask, status = validated_pass(
+        *args, "--cluster", cluster.address,
+        validation=VALIDATION, log_path=tmp_path / "dask.log",
+    )  # fmt: skip
     ran = {a: n - before.get(a, 0) for a, n in tasks_run(cluster).items()}
-    with ServerProcess(*args, "--workers", "1", log_path=tmp_path / "local.log") as s:
-        send_validation_ids(s.url, ids)
-        local = training_pass(s.url, batch_size=64)
+    local, _ = validated_pass(
+        *args, "--workers", "1", validation=VALIDATION, log_path=tmp_path / "local.log"
+    )
     check_exactly_once(on_dask, EXPECTED)
     check_exactly_once(local, EXPECTED)
     assert on_dask.by_id() == local.by_id()
@@ -181,45 +180,32 @@ def test_a_dask_worker_killed_mid_stream_costs_no_sample(
     cluster: LocalDaskCluster, tmp_path: Path
 ) -> None:
     num = 1200
-    killed: dict[str, float | int] = {}
     log = tmp_path / "server.log"
     spec, heavy = bench_source("heavy_source")
     args = ["--port", "0", "--source", spec, "--max-iterations", str(num)]
-    on_dask = ["--cluster", cluster.address]
-    with ServerProcess(*args, *on_dask, log_path=log) as server:
+    with ServerProcess(*args, "--cluster", cluster.address, log_path=log) as server:
 
-        def kill_one(batches: int) -> None:
-            """From the 2nd batch on, once: SIGKILL a worker process (not its
-            nanny) while the server has tasks at the cluster."""
-            if batches < 2 or killed:
-                return
+        def busy_worker() -> int | None:
+            """A worker process (not its nanny), while tasks are at the cluster."""
             if server.status()["making"]["tasks_in_flight"]:
-                pid = sorted(cluster.worker_pids().values())[0]
-                os.kill(pid, signal.SIGKILL)
-                killed.update(pid=pid, at=time.monotonic())
+                return sorted(cluster.worker_pids().values())[0]
+            return None
 
-        got = training_pass(server.url, batch_size=16, after_batch=kill_one)
+        got, killed = pass_killing_a_worker(server, busy_worker)
         status = server.status()["making"]
-        alive = server.process.poll() is None
-    assert killed, "the pass ended before the kill"
-    assert alive, log.read_text()
-    check_exactly_once(got, range(num))
-    assert "Traceback" not in log.read_text(), log.read_text()  # stopped cleanly
+    source = heavy.make_source(seed=0, sequence_length=64, max_iterations=num)
+    check_remade_pass(got, num, source, log.read_text())
     restart = wait_until(
         lambda: len(cluster.client.scheduler_info()["workers"]) == 2,
         "the nanny to restart the killed worker",
     )
-    stall = longest_stall_after(got.arrivals, killed["at"])
+    stall = longest_stall_after(got.arrivals, killed.at)
     print(
         f"\nDask worker SIGKILL: tasks_remade {status['tasks_remade']}, "
         f"longest wait for a reply after the kill {stall:.3f} s, worker back "
         f"{restart:.1f} s after the pass; pass of {num} samples, status {status}"
     )
-    assert killed["pid"] not in cluster.worker_pids().values()
-    source = heavy.make_source(seed=0, sequence_length=64, max_iterations=num)
-    by_id = got.by_id()
-    for k in range(0, num, 37):
-        assert by_id[f"sample_{k}"] == source.samples_json([k])[0], k
+    assert killed.pid not in cluster.worker_pids().values()
 
 
 MY_SOURCE = '''

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,11 @@ from support.eir_like_client import EirLikeClient
 from support.exact_pass import (
     bench_source,
     check_exactly_once,
+    check_remade_pass,
     longest_stall_after,
-    send_validation_ids,
+    pass_killing_a_worker,
     training_pass,
+    validated_pass,
     write_source,
 )
 from support.server_process import ServerProcess
@@ -48,14 +49,11 @@ def test_every_worker_count_serves_the_same_bytes(tmp_path: Path) -> None:
     """--workers 0, 1 and 2: the same pass, sample for sample, byte for byte."""
     passes = {}
     for workers in (0, 1, 2):
-        args = ["--workers", str(workers), "--seed", "5", "--max-iterations"]
-        log = tmp_path / f"server-{workers}.log"
-        with ServerProcess(
-            "--port", "0", *args, str(NUM_SAMPLES), log_path=log
-        ) as server:
-            send_validation_ids(server.url, [f"sample_{k}" for k in VALIDATION])
-            got = training_pass(server.url, batch_size=64)
-            status = making(server)
+        args = ["--workers", str(workers), "--seed", "5"]
+        got, status = validated_pass(
+            *args, "--max-iterations", str(NUM_SAMPLES),
+            validation=VALIDATION, log_path=tmp_path / f"server-{workers}.log",
+        )  # fmt: skip
         check_exactly_once(got, EXPECTED)
         assert status["engine"] == ("thread" if workers == 0 else "processes"), status
         assert status["samples_failed"] == 0, status
@@ -137,43 +135,30 @@ def test_the_default_workers_keep_samples_that_cost_more_than_shipping(
 @posix_only
 def test_a_worker_killed_mid_stream_costs_no_sample(tmp_path: Path) -> None:
     num = 1200
-    killed: dict[str, float | int] = {}
     log = tmp_path / "server.log"
-    spec, slow = bench_source("heavy_source")
+    spec, heavy = bench_source("heavy_source")
     args = ["--workers", "2", "--source", spec, "--max-iterations"]
     with ServerProcess("--port", "0", *args, str(num), log_path=log) as server:
 
-        def kill_one(batches: int) -> None:
-            """From the 2nd batch on, once: SIGKILL a worker while tasks are
-            at the pool (else there is nothing to lose and nothing to show)."""
-            if batches < 2 or killed:
-                return
+        def busy_worker() -> int | None:
             now = making(server)
             if now["tasks_in_flight"] and now["worker_pids"]:
-                os.kill(now["worker_pids"][0], signal.SIGKILL)
-                killed.update(pid=now["worker_pids"][0], at=time.monotonic())
+                return now["worker_pids"][0]
+            return None
 
-        got = training_pass(server.url, batch_size=16, after_batch=kill_one)
+        got, killed = pass_killing_a_worker(server, busy_worker)
         status = making(server)
-        alive = server.process.poll() is None
-    assert killed, "the pass ended before the kill"
-    assert alive, log.read_text()
-    check_exactly_once(got, range(num))
-    assert "Traceback" not in log.read_text(), log.read_text()  # stopped cleanly
+    source = heavy.make_source(seed=0, sequence_length=64, max_iterations=num)
+    check_remade_pass(got, num, source, log.read_text())
     assert status["pool_restarts"] >= 1, status
     assert status["tasks_remade"] >= 1, status
-    assert killed["pid"] not in status["worker_pids"], status
-    stall = longest_stall_after(got.arrivals, killed["at"])
+    assert killed.pid not in status["worker_pids"], status
+    stall = longest_stall_after(got.arrivals, killed.at)
     print(
         f"\nlocal pool SIGKILL: pool_restarts {status['pool_restarts']}, "
         f"tasks_remade {status['tasks_remade']}, longest wait for a reply "
         f"after the kill {stall:.3f} s, pass of {num} samples"
     )
-    # Content is a function of the index: re-made samples are the same bytes.
-    source = slow.make_source(seed=0, sequence_length=64, max_iterations=num)
-    by_id = got.by_id()
-    for k in range(0, num, 37):
-        assert by_id[f"sample_{k}"] == source.samples_json([k])[0], k
 
 
 FAILING_SOURCE = """

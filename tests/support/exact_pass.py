@@ -1,13 +1,16 @@
 """One training pass the way EIR makes it, kept byte for byte, and its checks.
 
-Used by the tests that compare generation engines (test_local_pool.py,
+Used by the tests that compare the engines (test_local_pool.py,
 test_cluster.py), against a server subprocess (`ServerProcess` of
-tests/server_process.py): EIR's setup step that sends the validation ids,
+support/server_process.py): EIR's setup step that sends the validation ids,
 then a training connection (validation probe, unread heartbeat, heartbeat +
 getData per batch) that keeps the raw JSON text of every sample as the
 server sent it, every `error` reply (EIR would skip them silently; here they
 are failures), and when each reply arrived. `check_exactly_once` then says
-precisely what is missing, doubled or leaked.
+precisely what is missing, doubled or leaked. `validated_pass` is the whole
+of it against a server it starts; `pass_killing_a_worker` kills one of the
+server's worker processes in the middle of a pass, and `check_remade_pass`
+checks that the pass lost nothing by it.
 
 The sources these tests serve are either their own, written to a file with
 `write_source`, or one of bench/ that the benchmarks use too (`bench_source`).
@@ -18,6 +21,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -27,10 +32,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from support import ROOT
 from support.eir_like_client import EirLikeClient
+from support.server_process import ServerProcess
 from support.waiting import HANG
 
-ROOT = Path(__file__).resolve().parents[2]
 _DECODER = json.JSONDecoder()
 
 
@@ -171,3 +177,60 @@ def longest_stall_after(arrivals: Sequence[float], moment: float) -> float:
     (the first wait counted from `moment` itself)."""
     later = [moment, *(t for t in arrivals if t > moment)]
     return max((b - a for a, b in pairwise(later)), default=0.0)
+
+
+def validated_pass(
+    *args: str, validation: Sequence[int], log_path: Path
+) -> tuple[Pass, dict[str, Any]]:
+    """A server started with `args`: EIR's setup sends the ids of the indices
+    in `validation`, then one training pass in batches of 64. The pass, and
+    the "making" object (the engine and its counters) of the server's status
+    after it."""
+    with ServerProcess("--port", "0", *args, log_path=log_path) as server:
+        send_validation_ids(server.url, [f"sample_{k}" for k in validation])
+        got = training_pass(server.url, batch_size=64)
+        making = server.status()["making"]
+    return got, making
+
+
+@dataclass
+class Kill:
+    """The worker process killed in a pass, and when (monotonic seconds)."""
+
+    pid: int
+    at: float
+
+
+def pass_killing_a_worker(
+    server: ServerProcess, busy_worker: Callable[[], int | None]
+) -> tuple[Pass, Kill]:
+    """A training pass (batches of 16) in which one worker process is killed
+    with SIGKILL: from the 2nd data reply on, the first time `busy_worker()`
+    names one (its pid; None while no task is at the workers, when there is
+    nothing to lose and nothing to show). The server must outlive it."""
+    killed: list[Kill] = []
+
+    def kill_one(batches: int) -> None:
+        if batches < 2 or killed:
+            return
+        pid = busy_worker()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(Kill(pid, time.monotonic()))
+
+    got = training_pass(server.url, batch_size=16, after_batch=kill_one)
+    assert killed, "the pass ended before the kill"
+    assert server.process.poll() is None, server.log
+    return got, killed[0]
+
+
+def check_remade_pass(got: Pass, num: int, source: Any, log: str) -> None:
+    """A pass of `num` samples in which a worker was killed: every sample
+    once, the server's `log` without a traceback (it stopped cleanly), and
+    the samples re-made after the kill the same bytes as `source` makes (a
+    sample is a function of its index; every 37th is compared)."""
+    check_exactly_once(got, range(num))
+    assert "Traceback" not in log, log
+    by_id = got.by_id()
+    for k in range(0, num, 37):
+        assert by_id[f"sample_{k}"] == source.samples_json([k])[0], k
