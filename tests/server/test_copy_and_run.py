@@ -93,7 +93,9 @@ def pip_install(python: Path, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A virtual environment with nothing installed yet (not even websockets)."""
+    """A virtual environment with nothing installed yet (not even websockets).
+    The tests below install into it in turn, as a user would: nothing, then
+    websockets, then the project."""
     yield new_venv(tmp_path_factory.mktemp("bare-venv"))
 
 
@@ -192,13 +194,13 @@ def first_samples(server: ServerProcess, count: int) -> list[dict]:
 
 
 def test_the_installed_command_serves_the_tutorial_or_your_edited_copy(
-    tmp_path: Path,
+    bare_python: Path, tmp_path: Path
 ) -> None:
     """`pip install .`, then `eirstream` from an empty folder (the installed
     tutorial files) and from a folder with an edited
     single_sample_simulation.py (that copy, in the worker process too)."""
     copy_into(tmp_path / "project", PROJECT_FILES)
-    python = new_venv(tmp_path / "venv")
+    python = bare_python  # the tests above are done with it
     pip_install(python, str(tmp_path / "project"))
     command = str(python.parent / "eirstream")  # run as its shebang would
     args = ["--max-iterations", "100", "--workers", "1"]
