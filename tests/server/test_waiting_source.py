@@ -25,6 +25,7 @@ from support.waiting import HANG
 from eirstream.readahead import ASKED
 
 WAITING = str(ROOT / "bench" / "waiting_source.py")
+BATCHES = 3  # of 32 samples, after the rewind of a connection's check sequence
 
 
 @contextmanager
@@ -84,11 +85,13 @@ def test_the_default_workers_keep_their_processes_for_a_waiting_source() -> None
 
 def checks_after_a_client_trained_and_left(*args: str) -> tuple[str, int, list[str]]:
     """A new connection's check sequence, as eirtrain sends it (getInfo,
-    getData of 1, heartbeat, reset) and three batches after the rewind,
-    right after another client trained and left: the samples read ahead for
-    the trainer's position wait in the queue then, none of them needed any
-    more. Returns that connection's name in the log ("conn#2"), the
-    server's worker count and its log with its DEBUG lines."""
+    getData of 1, heartbeat, reset) and BATCHES batches after the rewind,
+    right after another client trained on as many and left: the samples
+    read ahead for the trainer's position wait in the queue then, none of
+    them needed any more, and each of the new connection's batches must be
+    made again (the samples served to the trainer are not kept). Returns
+    that connection's name in the log ("conn#2"), the server's worker count
+    and its log with its DEBUG lines."""
     spec = f"{WAITING}:make_slow"  # 20 ms a sample
     with ServerProcess(
         "--port", "0", "--source", spec, *args, debug_log=True
@@ -96,14 +99,14 @@ def checks_after_a_client_trained_and_left(*args: str) -> tuple[str, int, list[s
         with connection(server.url) as trainer:
             get_data(trainer, 1)
             ask(trainer, {"type": "reset"}, replies=2)
-            for _ in range(8):
+            for _ in range(BATCHES):
                 get_data(trainer, 32)
         with connection(server.url) as ws:
             ask(ws, {"type": "getInfo"})
             assert get_data(ws, 1) == 1
             ask(ws, {"type": "heartbeat"})
             ask(ws, {"type": "reset"}, replies=2)
-            for _ in range(3):
+            for _ in range(BATCHES):
                 assert get_data(ws, 32) == 32
             workers = making(ws)["workers"]
         lines = list(server.lines)
@@ -140,6 +143,6 @@ def test_a_request_never_waits_behind_read_ahead_it_does_not_need() -> None:
     for args in ((), ("--workers", "0")):
         name, workers, lines = checks_after_a_client_trained_and_left(*args)
         counts = read_ahead_made_while_waiting(name, lines)
-        assert len(counts) == 4, (args, counts)  # getData 1, then three batches
+        assert len(counts) == 1 + BATCHES, (args, counts)  # getData 1, then BATCHES
         max_in_flight = 2 * max(1, workers)
         assert max(counts) <= 2 * max_in_flight, (args, counts)
