@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import websocket
 from support.commands import run_streamer
+from support.exact_pass import texts_by_id
 from support.local_dask import local_dask_cluster
 from support.required import needs_dask
 from support.server_process import ServerProcess
@@ -149,16 +150,9 @@ def raw_samples(url: str, count: int) -> dict[str, str]:
         ws.send('{"type":"handshake","version":"1.0"}')
         ws.recv()
         texts: dict[str, str] = {}
-        decoder = json.JSONDecoder()
         while len(texts) < count:
             ws.send('{"type":"getData","payload":{"batch_size":50}}')
-            message = ws.recv()
-            body = message[len('{"type":"data","payload":[') : -2]
-            at = 0
-            while at < len(body):
-                sample, end = decoder.raw_decode(body, at)
-                texts[sample["sample_id"]] = body[at:end]
-                at = end + 1
+            texts.update(texts_by_id(ws.recv()))
         return texts
     finally:
         ws.close()

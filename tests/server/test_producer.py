@@ -16,6 +16,7 @@ import random
 from collections.abc import Iterable
 
 import websocket
+from support.exact_pass import texts_by_id
 from support.servers import running_server
 from support.waiting import HANG
 
@@ -30,14 +31,7 @@ def sample_texts(message: str) -> dict[str, str]:
     """The raw JSON text of each sample of a `data` message, by sample id."""
     head = '{"type":"data","payload":['
     assert message.startswith(head) and message.endswith("]}"), message[:80]
-    decoder = json.JSONDecoder()
-    body = message[len(head) : -2]
-    out, position = {}, 0
-    while position < len(body):
-        sample, end = decoder.raw_decode(body, position)
-        out[sample["sample_id"]] = body[position:end]
-        position = end + 1  # the comma
-    return out
+    return texts_by_id(message)
 
 
 def stream_raw(url: str, batch_sizes: Iterable[int], probe: bool = True) -> dict:

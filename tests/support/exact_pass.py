@@ -81,6 +81,11 @@ def raw_samples(text: str) -> list[str]:
     return out
 
 
+def texts_by_id(text: str) -> dict[str, str]:
+    """Sample id -> the sample's JSON text in a `data` reply, as sent."""
+    return {json.loads(raw)["sample_id"]: raw for raw in raw_samples(text)}
+
+
 @dataclass
 class Pass:
     """What one training connection received."""
