@@ -338,6 +338,11 @@ def test_a_cluster_without_workers_makes_requests_wait_and_says_why(
             client.send({"type": "getData", "payload": {"batch_size": 8}})
             with pytest.raises(websocket.WebSocketTimeoutException):
                 client.recv(timeout=2.5)  # nothing yet, and no error either
+
+            def waits() -> list[str]:
+                lines = [record.getMessage() for record in list(caplog.records)]
+                return [line for line in lines if "has waited" in line]
+
+            wait_until(waits, "the log line that says why the request waits")
             client.close()
-    waits = [r.getMessage() for r in caplog.records if "has waited" in r.getMessage()]
-    assert waits and f"no Dask worker is connected to {lonely.address}" in waits[0]
+    assert f"no Dask worker is connected to {lonely.address}" in waits()[0]
