@@ -19,6 +19,7 @@ from support.exact_pass import texts_by_id
 from support.local_dask import local_dask_cluster
 from support.required import needs_dask
 from support.server_process import ServerProcess
+from support.waiting import HANG
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -88,7 +89,7 @@ def test_shuffle_and_epochs_need_a_source_with_an_end() -> None:
 def first_ids(url: str, count: int, batch_size: int) -> list[str]:
     """The sample ids of the first `count` samples a fresh training
     connection receives (after its reset rewinds the stream)."""
-    ws = websocket.create_connection(url, timeout=60)
+    ws = websocket.create_connection(url, timeout=HANG)
     try:
         ws.send('{"type":"handshake","version":"1.0"}')
         ws.recv()
