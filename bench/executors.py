@@ -77,7 +77,9 @@ def heavy_runs(args: argparse.Namespace, trees: list[Tree]) -> dict[Any, list[Re
         clusters = {}
         for tree in trees:
             step(f"starting a local Dask cluster (2 workers x 1 thread) [{tree.label}]")
-            clusters[tree] = stack.enter_context(local_dask_cluster(2, 1))
+            clusters[tree] = stack.enter_context(
+                local_dask_cluster(2, 1, idle_timeout="1h")
+            )
 
         def run(scenario: str, tree: Tree, note: str) -> Result:
             step(f"{scenario}{note} [{tree.label}]")

@@ -12,7 +12,7 @@ HTTP servers, which `--no-dashboard` alone leaves on 0.0.0.0:8787 (and a
 second cluster on the same machine would then collide on that port). The
 processes run in a scratch folder without our modules and without PYTHONPATH,
 so the server has to ship its modules to the workers itself. The scheduler
-exits by itself after a minute without clients (`--idle-timeout`) and the
+exits by itself after a minute without work (`--idle-timeout`) and the
 workers after half a minute without a scheduler (`--death-timeout`): a test
 run killed hard does not leave a cluster behind for long.
 """
@@ -97,9 +97,14 @@ class LocalDaskCluster:
 
 @contextlib.contextmanager
 def local_dask_cluster(
-    nworkers: int = 2, nthreads: int = 1, timeout: float = HANG
+    nworkers: int = 2,
+    nthreads: int = 1,
+    timeout: float = HANG,
+    idle_timeout: str = "60s",
 ) -> Iterator[LocalDaskCluster]:
-    """Scheduler + `dask worker --nworkers N --nthreads T` on 127.0.0.1."""
+    """Scheduler + `dask worker --nworkers N --nthreads T` on 127.0.0.1. The
+    scheduler exits by itself after `idle_timeout` without work (a bench that
+    keeps a cluster waiting between its runs gives it longer)."""
     from distributed import Client  # the caller needs `distributed` anyway
 
     dask = dask_command()
@@ -124,7 +129,7 @@ def local_dask_cluster(
                     "--scheduler-file",
                     str(scheduler_file),
                     "--idle-timeout",
-                    "60s",
+                    idle_timeout,
                 ],
                 folder / "scheduler.log",
                 folder,
