@@ -82,6 +82,12 @@ def load_dataset(path: str, *, max_iterations: int | None = None) -> DatasetSour
         raise ValueError(f"--dataset {path}: {one_line(exc)}") from None
 
 
+def row_sample_id(row: int, chunk: int | None) -> str:
+    """The id of a row's sample (`r<row>`), or of one of its word chunks
+    (`r<row>c<chunk>`): what SAMPLE_ID reads back."""
+    return f"r{row}" if chunk is None else chunk_id(row, chunk)
+
+
 class DatasetSource:
     """A dataset as a `SampleSource` (sources.py): `num_samples` rows or word
     chunks, each sample made from one row of one block.
@@ -189,7 +195,7 @@ class DatasetSource:
         """Sample `index`'s id and its encoded values by side and name."""
         block, row_in_block, row, chunk = self._locate(index)
         arrays, _ = self._block(block)
-        sample_id = f"r{row}" if chunk is None else chunk_id(row, chunk)
+        sample_id = row_sample_id(row, chunk)
         text = None
         if chunk is not None:
             words = self._document_words_of(arrays, row_in_block, row)
@@ -273,7 +279,7 @@ class DatasetSource:
     def sample_id(self, index: int) -> str:
         """The id of sample `index`, without reading any data."""
         _, _, row, chunk = self._locate(index)
-        return f"r{row}" if chunk is None else chunk_id(row, chunk)
+        return row_sample_id(row, chunk)
 
     def _locate(self, index: int) -> tuple[int, int, int, int | None]:
         """(block, row in it, global row, word chunk or None) of sample `index`."""
