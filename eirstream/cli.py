@@ -150,9 +150,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="largest incoming message in bytes; a larger one closes with 1009",
     )
     add(
+        "--max-streams",
+        type=positive_int,
+        default=64,
+        help="named streams the server keeps (the default one counted): "
+        "ws://host:port/ws/<name> opens one; one more is refused",
+    )
+    add(
         "--token",
         default=None,
-        help="require ?token=TOKEN in the URL (env EIR_STREAM_TOKEN)",
+        help="require ?token=TOKEN in the URL (env EIR_STREAM_TOKEN); /metrics "
+        "takes it as a bearer Authorization header too",
     )
     add("--certfile", help="TLS certificate (PEM): serve wss://")
     add("--keyfile", help="TLS private key (PEM) for --certfile")
@@ -261,7 +269,7 @@ async def run(
         "stopped: %d connections served (%d closed at shutdown), %d samples served",
         server.connections_total,
         open_now,
-        server.stream.status()["samples_served_total"],
+        sum(named.stream.status()["samples_served_total"] for named in server.streams),
     )
     return 0
 

@@ -1,8 +1,8 @@
 """The protocol core: one connection's conversation, without I/O.
 
 `Connection` turns one incoming message into a list of things to do
-(`Reply`, `SendSamples`, `Close`); the asyncio layer (simulation_streamer.py)
-does them. The whole protocol is the two tables below: `PHASES`, a
+(`Reply`, `SendSamples`, `Close`); the asyncio layer (server.py) does
+them. The whole protocol is the two tables below: `PHASES`, a
 connection's phases and the events that move it between them, and
 `REQUESTS`, which handler answers which message type. Nothing here touches
 a socket, so tests drive it with plain function calls.
@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from eirstream.stream import SampleStream
+from eirstream.streams import Counts
 
 logger = logging.getLogger("eirstream.protocol")
 
@@ -177,9 +178,11 @@ class Connection:
         max_batch_size: int = 10_000,
         server_status: Callable[[], dict[str, Any]] | None = None,
         samples_broken: Callable[[], str | None] | None = None,
+        counts: Counts | None = None,
     ) -> None:
         """`server_status` adds to `status` replies; `samples_broken` says why
-        no samples can be made (then `getData` gets that as an error)."""
+        no samples can be made (then `getData` gets that as an error);
+        `counts` are the stream's, where requests and errors add up."""
         self.id = conn_id
         self.phase = AWAITING_HANDSHAKE
         self.stream = stream
@@ -187,6 +190,7 @@ class Connection:
         self.max_batch_size = max_batch_size
         self.server_status = server_status
         self.samples_broken = samples_broken
+        self.counts = counts if counts is not None else Counts()
         self.heartbeat_pending = False
         self.samples_served = 0
         self.requests = 0
@@ -236,11 +240,13 @@ class Connection:
                         f"accepts: {', '.join(sorted(REQUESTS))}"
                     )
                 self.requests += 1
+                self.counts.requests += 1
                 outputs += getattr(self, handler)(payload_of(message))
                 owed_heartbeat = False  # answered by the data reply
                 self._enter(Event.REQUEST)
         except BadMessage as problem:
             self.errors += 1
+            self.counts.errors += 1
             if owed_heartbeat:
                 outputs.append(HEARTBEAT)
             outputs.append(error(str(problem)))

@@ -77,15 +77,33 @@ class FailureLog:
             logger.error("%s", self.broken)
 
 
+class Lane:
+    """One stream's read-ahead: the tasks held for it, and whether its last
+    request asked for samples nobody made (then the next prefetch looks at
+    the whole read-ahead anew)."""
+
+    __slots__ = ("held", "missed", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.held = HeldTasks()
+        self.missed = True
+
+
 class SampleProducer:
     """The `data` replies for stream indices, made by an engine.
 
-    `prefetch` keeps the stream's next `read_ahead` indices made or in the
-    making, in tasks. A sample depends on its index alone, so a sample made
-    ahead stays right whatever the stream does: after a rewind it is served
-    when its index comes round again. A task is let go once all its samples
-    were served; the tasks held have at most 2 x read_ahead + task_size
-    samples (the oldest made ones go first).
+    `prefetch` keeps a stream's next indices made or in the making, in
+    tasks: `read_ahead` of them, shared equally by the streams that read at
+    the time (each stream's share is its `Lane`), so the read-ahead is
+    bounded over all streams together. A sample depends on its index
+    alone, so a sample made ahead stays right whatever the stream does:
+    after a rewind it is served when its index comes round again. A task is
+    let go once all its samples were served; the tasks held for a stream
+    have at most 2 x its share + task_size
+    samples (the oldest made ones go first). The streams share the engine
+    and the queue; each one's tasks are its own, so one stream's rewind or
+    pause never drops another's read-ahead.
 
     Order of work: at most `max_in_flight` tasks are at the engine at a time;
     the rest wait in a queue here. A request's own tasks go to the front of
@@ -119,16 +137,28 @@ class SampleProducer:
         if bounds is not None:
             self.bounds = bounds
         self.sizes: Sizes = first_sizes(read_ahead, self.bounds)
-        self.held = HeldTasks()
+        self.lanes: dict[str, Lane] = {}
         self.failures = FailureLog()
         self._queue: deque[Task] = deque()  # tasks not yet at the engine
         self._in_flight = 0
-        self._missed = True  # the last request asked for samples nobody made
         self._closed = False
         self._restart_times: deque[float] = deque()  # of the pool, last minute
         self._pool_broken: str | None = None
         self.samples_made = self.tasks_remade = self.pool_restarts = 0
+        self.tasks_made = self.tasks_failed = 0  # failed: lost at the engine
         self.served_from_read_ahead = 0
+
+    def lane(self, name: str = "default") -> Lane:
+        """The read-ahead of the stream `name`, new if it has none yet."""
+        lane = self.lanes.get(name)
+        if lane is None:
+            lane = self.lanes[name] = Lane(name)
+        return lane
+
+    @property
+    def held(self) -> HeldTasks:
+        """The default stream's tasks (one-stream callers and tests)."""
+        return self.lane().held
 
     @property
     def read_ahead(self) -> int:
@@ -152,20 +182,25 @@ class SampleProducer:
         return 2 * max(1, self.engine.live_workers())
 
     # -- requests ------------------------------------------------------------
-    async def message(self, indices: list[int]) -> tuple[bytes, int]:
-        """The `data` reply for these indices, as UTF-8 JSON, and how many
-        samples it holds (samples whose source raised are left out)."""
+    async def message(
+        self, indices: list[int], lane: Lane | None = None
+    ) -> tuple[bytes, int]:
+        """The `data` reply for these indices of a stream (`lane`; None: the
+        default stream), as UTF-8 JSON, and how many samples it holds
+        (samples whose source raised are left out)."""
         if self._closed:
             raise RuntimeError("server shutting down")
+        lane = lane or self.lane()
         self.sizes = after_request(self.sizes, self.bounds, len(indices))
-        spans = spans_of(indices, self.held.where.get)
+        spans = spans_of(indices, lane.held.where.get)
         if spans is None:  # some of them are not made yet
-            spans = await self._make_missing(indices)
+            spans = await self._make_missing(indices, lane)
         reply, served = data_reply(spans)
         for task, start, stop in spans:
             if not task.for_request:
                 self.served_from_read_ahead += stop - start
-            self.held.served(task, stop - start)
+            if task.holder is not None:
+                task.holder.served(task, stop - start)
         if not served:
             raise RuntimeError(
                 f"the source raised for all {len(indices)} samples of this batch "
@@ -173,25 +208,26 @@ class SampleProducer:
             )
         return reply, served
 
-    async def _make_missing(self, indices: list[int]) -> list[Span]:
+    async def _make_missing(self, indices: list[int], lane: Lane) -> list[Span]:
         """Wait for the tasks of `indices`: those queued move to the front
         of the queue, and those no task makes yet are asked for there (split
         so that every worker takes a share)."""
-        where = self.held.where
+        held = lane.held
+        where = held.where
         # Kept here: the read-ahead may let go of a task while we wait.
         owners = {index: where.get(index) for index in indices}
         unasked = [index for index, task in owners.items() if task is None]
         # Only then has the stream left the read-ahead (a rewind, say), for
         # the next prefetch to look at anew; a request that waits for tasks
         # in the making just found the workers behind.
-        self._missed = self._missed or bool(unasked)
+        lane.missed = lane.missed or bool(unasked)
         ours = list({id(t): t for t in owners.values() if t is not None}.values())
         if unasked:
             workers = self.engine.live_workers()
             size = request_task_size(self.sizes, self.bounds, len(unasked), workers)
             for at in range(0, len(unasked), size):
                 task = Task(unasked[at : at + size], for_request=True)
-                self.held.hold(task)
+                held.hold(task)
                 owners.update(dict.fromkeys(task.indices, task))
                 ours.append(task)
         for task in ours:  # (one at work now may come back to the queue)
@@ -235,20 +271,29 @@ class SampleProducer:
         for task in tasks:
             task.done.result()  # raises if the task could not be made
 
-    def prefetch(self, peek: Callable[[int], Sequence[int]]) -> None:
-        """Top up the read-ahead from `peek(n)`, the stream's next n indices,
-        and drop queued read-ahead that is no longer among them.
+    def prefetch(
+        self,
+        peek: Callable[[int], Sequence[int]],
+        lane: Lane | None = None,
+        streams: int = 1,
+    ) -> None:
+        """Top up a stream's read-ahead (`lane`; None: the default stream)
+        from `peek(n)`, its next n indices, and drop its queued read-ahead
+        that is no longer among them. `streams` streams are reading: this
+        one's share is 1/streams of the read-ahead.
 
         Cheap when there is nothing to do: `peek` is called only when fewer
-        than half the read-ahead is left or the last request missed.
+        than half the share is left or the last request missed.
         """
-        held = self.held
-        if self._closed or (not self._missed and held.unserved >= self.read_ahead // 2):
+        lane = lane or self.lane()
+        held = lane.held
+        share = max(self.read_ahead // max(1, streams), self.bounds.min_task)
+        if self._closed or (not lane.missed and held.unserved >= share // 2):
             return
-        missed, self._missed = self._missed, False
-        upcoming = peek(self.read_ahead)
+        missed, lane.missed = lane.missed, False
+        upcoming = peek(share)
         if missed and self._queue:
-            self._drop_stale(upcoming)
+            self._drop_stale(upcoming, held)
         # What is held is usually what comes first: look at the rest only
         # (had it been otherwise, a request misses and the next call looks
         # at everything).
@@ -262,15 +307,24 @@ class SampleProducer:
             task = Task(new[start : start + size])
             held.hold(task)
             self._queue.append(task)
-        held.trim(2 * self.read_ahead + size)
+        held.trim(2 * share + size)
         self._pump()
 
-    def _drop_stale(self, upcoming: Sequence[int]) -> None:
-        """Give up queued read-ahead tasks with none of the upcoming
-        indices: the stream moved away from them (a rewind)."""
+    def release(self, lane: Lane) -> None:
+        """A stream with no connection left: its queued read-ahead goes, and
+        its made samples are let go (the read-ahead is for those who read)."""
+        self._drop_queued(
+            lambda task: task.holder is not lane.held, "read ahead for an idle stream"
+        )
+        lane.held.trim(0)  # lets go of made tasks only
+        lane.missed = True
+
+    def _drop_stale(self, upcoming: Sequence[int], held: HeldTasks) -> None:
+        """Give up a stream's queued read-ahead tasks with none of its
+        upcoming indices: the stream moved away from them (a rewind)."""
         wanted = set(upcoming)
         self._drop_queued(
-            lambda task: not wanted.isdisjoint(task.indices),
+            lambda task: task.holder is not held or not wanted.isdisjoint(task.indices),
             "read ahead for indices the stream left",
         )
 
@@ -329,6 +383,7 @@ class SampleProducer:
     def _lost(self, task: Task, restarts: int, problem: BaseException) -> None:
         """Queue a lost task again, first, or give it up after MAX_ATTEMPTS."""
         task.enter(TaskEvent.LOST)
+        self.tasks_failed += 1
         if isinstance(problem, BrokenExecutor):
             self._restart(restarts, f"a local worker process died ({problem})")
         if self.broken or task.attempts >= self.MAX_ATTEMPTS:
@@ -375,6 +430,7 @@ class SampleProducer:
                 ASKED if task.asked else "",
             )
             self.samples_made += len(task.indices) - len(made.failures)
+            self.tasks_made += 1
             self.failures.record(task, made.failures)
             self.engine.observe(made)
         except Exception as exc:  # a malformed result must not strand requests
@@ -408,12 +464,15 @@ class SampleProducer:
         self._drop_queued(within, "read ahead past the read-ahead's size")
 
     def _give_up(self, task: Task, why: str) -> None:
-        self.held.let_go(task)
+        if task.holder is not None:
+            task.holder.let_go(task)
         task.enter(TaskEvent.GIVEN_UP, why=why)
 
     # -- reporting and shutdown -----------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Counters for the server's `status` reply."""
+        """Counters for the server's `status` reply (samples ahead and held:
+        made or in the making, over all streams; bytes held: made)."""
+        lanes = list(self.lanes.values())
         return {
             "engine": self.engine.kind,
             "workers": self.engine.live_workers(),
@@ -421,11 +480,14 @@ class SampleProducer:
             "tasks_queued": len(self._queue),
             "read_ahead": self.read_ahead,
             "task_size": self.task_size,
-            "samples_ahead": self.held.unserved,  # made or in the making
-            "samples_held": self.held.samples,  # in memory here, served or not
+            "samples_ahead": sum(lane.held.unserved for lane in lanes),
+            "samples_held": sum(lane.held.samples for lane in lanes),
+            "bytes_held": sum(lane.held.made_bytes for lane in lanes),
             "samples_made": self.samples_made,
             "samples_failed": self.failures.count,
             "samples_served_from_read_ahead": self.served_from_read_ahead,
+            "tasks_made": self.tasks_made,
+            "tasks_failed": self.tasks_failed,
             "tasks_remade": self.tasks_remade,
             "pool_restarts": self.pool_restarts,
             "worker_pids": self.engine.pids(),
@@ -434,7 +496,8 @@ class SampleProducer:
     def close(self) -> None:
         """Stop making samples; requests still waiting get an error."""
         self._closed = True
-        for task in [*self._queue, *self.held.tasks]:
+        held = [task for lane in self.lanes.values() for task in lane.held.tasks]
+        for task in [*self._queue, *held]:
             self._give_up(task, "server shutting down")
         self._queue.clear()
         self.engine.close()

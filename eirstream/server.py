@@ -19,6 +19,7 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from http import HTTPStatus
 from itertools import count
 from typing import Any
@@ -27,6 +28,7 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 from eirstream.dask_engine import DaskEngine
 from eirstream.engines import DefaultEngine, Engine, ProcessEngine, ThreadEngine
 from eirstream.loading import load_configured_source
+from eirstream.metrics import ServerMetrics, metrics_available
 from eirstream.protocol import (
     AWAITING_HANDSHAKE,
     CLOSED,
@@ -40,9 +42,10 @@ from eirstream.protocol import (
     error,
     index_ranges,
 )
-from eirstream.readahead import SampleProducer
+from eirstream.readahead import Lane, SampleProducer
 from eirstream.settings import Settings
 from eirstream.stream import SampleStream
+from eirstream.streams import DEFAULT_STREAM, NamedStream, Refused, Streams, stream_name
 
 try:
     from websockets.asyncio.server import Server, ServerConnection, serve
@@ -81,7 +84,8 @@ async def _fragments(view: memoryview) -> AsyncIterator[memoryview]:
 
 
 class StreamServer:
-    """Serves one `SampleStream` to every WebSocket peer."""
+    """Serves named streams (streams.py) of one source to WebSocket peers:
+    `--path` is the default stream, `--path/<name>` the stream `<name>`."""
 
     def __init__(self, settings: Settings) -> None:
         """ValueError (one line) when the source or the cluster is unusable."""
@@ -96,14 +100,16 @@ class StreamServer:
                 f"--shuffle and --epochs need a source with an end, and {spec} "
                 "has none: give --max-iterations N (samples per epoch)"
             )
-        self.stream = SampleStream.for_source(
-            self.source,
-            epochs=settings.epochs,
-            shuffle=settings.shuffle,
-            seed=settings.seed,
-        )
+        self.streams = Streams(self._new_stream, settings.max_streams)
+        self.default = self.streams.open(DEFAULT_STREAM)
         self.producer = SampleProducer(self._engine(spec, source_settings))
+        self.metrics = (
+            ServerMetrics(self.streams, self.producer.status)
+            if metrics_available
+            else None
+        )
         self.connections: dict[ServerConnection, Connection] = {}
+        self._reading = 0  # streams with a connection open
         self.connections_total = 0
         self.started = time.monotonic()
         self._ids = count(1)
@@ -111,6 +117,25 @@ class StreamServer:
         self._reaper: asyncio.Task[None] | None = None
         self._progress: asyncio.Task[None] | None = None
         self._redact: RedactFilter | None = None
+
+    @property
+    def stream(self) -> SampleStream:
+        """The default stream (the one at --path itself)."""
+        return self.default.stream
+
+    def _new_stream(self, name: str) -> SampleStream:
+        """A new named stream of the source, as the settings say."""
+        settings = self.settings
+        stream = SampleStream.for_source(
+            self.source,
+            epochs=settings.epochs,
+            shuffle=settings.shuffle,
+            seed=settings.seed,
+            name=name,
+        )
+        if name != DEFAULT_STREAM:
+            logger.info("stream %r: opened (stream %d)", name, len(self.streams) + 1)
+        return stream
 
     def _engine(self, spec: str, source_settings: dict[str, Any]) -> Engine:
         """Where samples are made, as the settings say."""
@@ -161,6 +186,11 @@ class StreamServer:
                 logging.getLogger("websockets.server").removeFilter(self._redact)
             raise
         self.producer.prefetch(self.stream.peek)  # workers start on the first
+        if self.metrics is None:
+            logger.info(
+                "metrics are off: pip install 'eirstream[metrics]' (prometheus_client) "
+                "to serve GET /metrics"
+            )
         self._reaper = asyncio.create_task(self._reap_stuck_closes())
         if self.settings.progress_interval > 0 and logger.isEnabledFor(logging.INFO):
             self._progress = asyncio.create_task(
@@ -233,38 +263,95 @@ class StreamServer:
 
     # -- HTTP, before any upgrade ------------------------------------------
     def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Answer HTTP requests (/healthz, /metrics) and refuse upgrades to a
+        path, a stream or without a token this server does not serve; None
+        lets the upgrade go on."""
         url = urlsplit(request.path)
         if url.path == "/healthz":
-            body = json.dumps(self.health())
-            response = ws.respond(HTTPStatus.OK, body + "\n")
-            response.headers["Content-Type"] = "application/json"
-            return response
-        if url.path != self.settings.path:
+            return json_response(ws, self.health())
+        if url.path == "/metrics":
+            return self._metrics_response(ws, request, url.query)
+        base = self.settings.path
+        try:
+            name = stream_name(url.path, base)
+        except Refused as refused:
+            return self._refuse(ws, refused)
+        if name is None:
             return ws.respond(
                 HTTPStatus.NOT_FOUND,
-                f"no WebSocket endpoint at {url.path}; use {self.settings.path}\n",
+                f"no WebSocket endpoint at {url.path}; use {base} (the default "
+                f"stream) or {base.rstrip('/')}/<name> (a named stream)\n",
             )
-        if self.settings.token is not None:
-            offered = parse_qs(url.query).get("token", [""])[0]
-            if not hmac.compare_digest(
-                offered.encode("utf-8", "replace"), self.settings.token.encode()
-            ):
-                logger.warning(
-                    "%s: rejected, missing or wrong ?token= (HTTP 401)", peer_of(ws)
-                )
-                return ws.respond(
-                    HTTPStatus.UNAUTHORIZED, "missing or wrong ?token= in the URL\n"
-                )
+        if not self._token_ok(request, url.query):
+            logger.warning(
+                "%s: rejected, missing or wrong ?token= (HTTP 401)", peer_of(ws)
+            )
+            return ws.respond(
+                HTTPStatus.UNAUTHORIZED, "missing or wrong ?token= in the URL\n"
+            )
+        try:
+            self.streams.open(name)
+        except Refused as refused:
+            return self._refuse(ws, refused)
         return None
 
+    def _refuse(self, ws: ServerConnection, refused: Refused) -> Response:
+        logger.warning(
+            "%s: rejected (HTTP %d): %s", peer_of(ws), refused.status, refused.text
+        )
+        return ws.respond(refused.status, refused.text + "\n")
+
+    def _token_ok(self, request: Request, query: str) -> bool:
+        """No --token, or the token as ?token= or a bearer Authorization."""
+        token = self.settings.token
+        if token is None:
+            return True
+        offered = parse_qs(query).get("token", [""])[0]
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and not offered:
+            offered = credentials.strip()
+        return hmac.compare_digest(offered.encode("utf-8", "replace"), token.encode())
+
+    def _metrics_response(
+        self, ws: ServerConnection, request: Request, query: str
+    ) -> Response:
+        if self.metrics is None:
+            return ws.respond(
+                HTTPStatus.NOT_IMPLEMENTED,
+                "metrics are off: pip install 'eirstream[metrics]' "
+                "(prometheus_client) and restart the server\n",
+            )
+        if not self._token_ok(request, query):
+            logger.warning(
+                "%s: /metrics rejected, missing or wrong token (HTTP 401)",
+                peer_of(ws),
+            )
+            response = ws.respond(
+                HTTPStatus.UNAUTHORIZED,
+                "/metrics needs the token: an 'Authorization: Bearer <token>' "
+                "header or ?token=<token>\n",
+            )
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        body, content_type = self.metrics.exposition()
+        response = ws.respond(HTTPStatus.OK, "")
+        response.body = body
+        response.headers["Content-Type"] = content_type
+        response.headers["Content-Length"] = str(len(body))
+        return response
+
     def health(self) -> dict[str, Any]:
-        status = self.stream.status()
+        """/healthz: up, and each stream in brief (totals over all streams)."""
+        streams = {named.name: brief(named.stream.status()) for named in self.streams}
         return {
             "status": "ok",
             "uptime_s": round(time.monotonic() - self.started, 1),
-            "open_connections": status["open_connections"],
-            "samples_served_total": status["samples_served_total"],
-            "phase": status["phase"],
+            "open_connections": len(self.connections),
+            "samples_served_total": sum(
+                one["samples_served_total"] for one in streams.values()
+            ),
+            "phase": streams[DEFAULT_STREAM]["phase"],
+            "streams": streams,
         }
 
     def server_status(self) -> dict[str, Any]:
@@ -272,36 +359,48 @@ class StreamServer:
             "connections_total": self.connections_total,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "making": self.producer.status(),
+            "max_streams": self.streams.max_streams,
+            "streams": {
+                named.name: brief(named.stream.status()) for named in self.streams
+            },
         }
 
     async def _report_progress(self, interval: float) -> None:
-        """One INFO line every `interval` seconds while samples flow."""
-        last_total = self.stream.status()["samples_served_total"]
-        last_time = time.monotonic()
+        """One INFO line per stream that served samples, every `interval`
+        seconds."""
+        last: dict[str, tuple[int, float]] = {}
         while True:
+            for named in self.streams:
+                status, now = named.stream.status(), time.monotonic()
+                total = status["samples_served_total"]
+                before, then = last.get(named.name, (0, self.started))
+                rate = (total - before) / max(now - then, 1e-9)
+                if total > before and named.name in last:
+                    logger.info("%s", progress_line(status, rate))
+                last[named.name] = (total, now)
             await asyncio.sleep(interval)
-            status, now = self.stream.status(), time.monotonic()
-            total = status["samples_served_total"]
-            rate = (total - last_total) / max(now - last_time, 1e-9)
-            if total > last_total:
-                logger.info("%s", progress_line(status, rate))
-            last_total, last_time = total, now
 
     # -- one connection ------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
+        name = stream_name(urlsplit(ws.request.path).path, self.settings.path)
+        named = self.streams[name]  # opened by _check_request
+        reader = Reader(named, self.producer.lane(name))
         conn = Connection(
             next(self._ids),
-            self.stream,
+            named.stream,
             self.dataset_info,
             self.settings.max_batch_size,
             self.server_status,
             lambda: self.producer.broken,
+            named.counts,
         )
+        if named.stream.open_connections == 1:
+            self._reading += 1
         self.connections[ws] = conn
         self.connections_total += 1
         peer = peer_of(ws)
         opened = time.monotonic()
-        logger.info("conn#%d %s: opened", conn.id, peer)
+        logger.info("conn#%d %s: opened on stream %r", conn.id, peer, name)
         try:
             while conn.phase != CLOSED:
                 if conn.phase == AWAITING_HANDSHAKE:
@@ -319,14 +418,18 @@ class StreamServer:
                     else:
                         outputs = conn.flush_heartbeat()
                 else:
+                    reader.arrived = time.perf_counter()
                     outputs = conn.receive(raw)
                 for output in outputs:
-                    await self._perform(ws, conn, output)
+                    await self._perform(ws, conn, output, reader)
         except ConnectionClosed:
             pass
         finally:
             conn.connection_lost()
             del self.connections[ws]
+            if not named.stream.open_connections:
+                self._reading -= 1
+                self.producer.release(reader.lane)
             logger.info(
                 "conn#%d %s: closed (%s) after %.1fs; %d samples served, "
                 "%d requests, %d errors",
@@ -340,7 +443,7 @@ class StreamServer:
             )
 
     async def _perform(
-        self, ws: ServerConnection, conn: Connection, out: Output
+        self, ws: ServerConnection, conn: Connection, out: Output, reader: Reader
     ) -> None:
         if isinstance(out, Reply):
             if out.message["type"] == "error":
@@ -351,13 +454,17 @@ class StreamServer:
                 )
             await ws.send(json.dumps(out.message))
         elif isinstance(out, SendSamples):
+            counts = reader.named.counts
             try:
-                message, _ = await self.producer.message(out.indices)
+                message, _ = await self.producer.message(out.indices, reader.lane)
             except Exception as exc:
                 text = f"server failed to make samples: {exc}"
                 logger.error("conn#%d: %s", conn.id, text)
+                counts.errors += 1
                 await ws.send(json.dumps(error(text).message))
                 return
+            counts.waits.observe(time.perf_counter() - reader.arrived)
+            counts.bytes_served += len(message)
             await ws.send(fragmented(message), text=True)  # UTF-8 bytes, text frames
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
@@ -366,9 +473,34 @@ class StreamServer:
                     len(out.indices),
                     index_ranges(out.indices),
                 )
-            self.producer.prefetch(self.stream.peek)
+            self.producer.prefetch(reader.named.stream.peek, reader.lane, self._reading)
         elif isinstance(out, Close):
             await ws.close(out.code, out.reason)
+
+
+@dataclass
+class Reader:
+    """What a connection's handler keeps of its stream: the stream, its
+    read-ahead, and when the message being answered arrived."""
+
+    named: NamedStream
+    lane: Lane
+    arrived: float = 0.0
+
+
+def json_response(ws: ServerConnection, body: dict[str, Any]) -> Response:
+    response = ws.respond(HTTPStatus.OK, json.dumps(body) + "\n")
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
+def brief(status: dict[str, Any]) -> dict[str, Any]:
+    """A stream in brief, for /healthz and the status reply's "streams"."""
+    keys = ("phase", "epoch", "current_position", "max_iterations")
+    return {key: status[key] for key in keys} | {
+        "samples_served_total": status["samples_served_total"],
+        "open_connections": status["open_connections"],
+    }
 
 
 def peer_of(ws: ServerConnection) -> str:
@@ -408,9 +540,10 @@ class RedactFilter(logging.Filter):
 
 
 def progress_line(status: dict[str, Any], rate: float) -> str:
-    """The periodic progress line, from the stream's status and a rate."""
+    """The periodic progress line of a stream, from its status and a rate."""
     served, total = status["samples_served_in_pass"], status["samples_served_total"]
-    text = f"progress: {served:,} samples served in this pass"
+    text = f"progress, stream {status['stream']}: {served:,} samples served"
+    text += " in this pass"
     remaining = status["remaining_iterations"]
     if remaining is not None:
         whole = served + remaining

@@ -27,6 +27,7 @@ class Settings:
     cluster: str | None
     max_batch_size: int
     max_message_size: int
+    max_streams: int
     token: str | None
     certfile: str | None
     keyfile: str | None

@@ -1,8 +1,9 @@
-"""The stream: which sample index comes next, for every connection of a server.
+"""The stream: which sample index comes next, for every connection reading it.
 
-`SampleStream` is the shared state of one server, and the one face of it
-that the protocol and the server use. Every connection takes its batches
-from the one stream, so no index is served twice within an epoch. A pass is
+`SampleStream` is the shared state of one named stream (a server keeps one
+per URL path: streams.py), and the one face of it that the protocol and the
+server use. Every connection of the stream takes its batches from it, so no
+index is served twice within an epoch. A pass is
 one epoch or several (each in its own seeded order with a shuffle:
 order.py). The rules are stated on `SampleStream`; what comes next lives in
 cursor.py, who may take it in seats.py. It does no I/O and holds no samples,
@@ -33,7 +34,7 @@ class ResetOutcome:
 
 
 class SampleStream:
-    """One cursor over sample indices, shared by every connection of a server.
+    """One cursor over sample indices, shared by every connection of a stream.
 
     An *epoch* visits the indices 0..num_samples-1 once each, in ascending
     order or, with an `EpochOrder` (order.py), in a shuffled order
@@ -57,8 +58,8 @@ class SampleStream:
        rewinds, until the next `set_validation_ids` replaces the whole set.
        The same set again (every GPU rank of a run sends it) changes
        nothing. A *different* set while connections are mid-pass is accepted
-       too, with a warning: it is a second training run sharing this server
-       and this pass.
+       too, with a warning: it is a second training run sharing this stream
+       and this pass (each run should name its own: streams.py).
     3. A connection is *in the pass* from when it takes data or resets
        (rule 4), until it is told its pass is over (`take` returns None) or
        closes. (No other connection can rewind under it: rule 4.) Once told,
@@ -130,13 +131,16 @@ class SampleStream:
         *,
         epochs: int | None = 1,
         order: EpochOrder | None = None,
+        name: str = "default",
     ) -> None:
         """`num_samples`: indices per epoch, 0..num_samples-1 (None:
         unbounded, one endless epoch). `indices_of`: maps received validation
         ids to the distinct indices they name, leaving out ids this stream
         does not produce; by default ids are `sample_<k>`. `epochs`: epochs
         per pass (None: endless). `order`: the shuffled order of every epoch
-        (None: ascending)."""
+        (None: ascending). `name`: the stream's name, for logs and status
+        (streams.py)."""
+        self.name = name
         self._cursor = Cursor(num_samples, epochs, order)
         self.num_samples = num_samples
         self.epochs = self._cursor.epochs
@@ -163,6 +167,7 @@ class SampleStream:
         epochs: int | None = 1,
         shuffle: bool = False,
         seed: int = 0,
+        name: str = "default",
     ) -> "SampleStream":
         """The stream of `source`: its length, and its mapping of sample ids,
         with `epochs` epochs per pass (None: endless), each shuffled by
@@ -191,7 +196,7 @@ class SampleStream:
             blocks = getattr(source, "block_sizes", None)
             window = getattr(source, "shuffle_window", None) or WINDOW_INDICES
             order = EpochOrder(source.num_samples, seed, blocks, window)
-        return cls(source.num_samples, bulk, epochs=epochs, order=order)
+        return cls(source.num_samples, bulk, epochs=epochs, order=order, name=name)
 
     # -- connections (rule 5) ----------------------------------------------
     def connect(self, conn: Hashable) -> None:
@@ -201,6 +206,10 @@ class SampleStream:
     def disconnect(self, conn: Hashable) -> None:
         """Forget a connection; the cursor and the others are untouched."""
         self._seats.drop(conn)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._seats)
 
     # -- the stream --------------------------------------------------------
     def take(self, conn: Hashable, count: int) -> list[int] | None:
@@ -255,10 +264,12 @@ class SampleStream:
         in_pass = self._seats.in_pass()
         if self._validation_ids_set and in_pass and skip != before:
             logger.warning(
-                "validation ids replaced by a different set (%d ids, %d before) "
-                "while %d connection(s) are mid-pass: a second training run is "
-                "sharing this server, and its samples and ids mix with the "
-                "first run's. Start one server per training run",
+                "stream %r: validation ids replaced by a different set (%d ids, "
+                "%d before) while %d connection(s) are mid-pass: a second "
+                "training run is reading this stream, and its samples and ids "
+                "mix with the first run's. Give each run its own stream: its "
+                "own path, ws://<host>:<port>/ws/<run-name>, in its configs",
+                self.name,
                 len(skip),
                 len(before),
                 in_pass,
@@ -282,6 +293,7 @@ class SampleStream:
         """
         cursor = self._cursor
         return {
+            "stream": self.name,
             "phase": "training" if self._validation_ids_set else "setup",
             "current_position": cursor.position,
             "max_iterations": self.num_samples,

@@ -28,6 +28,8 @@ that missed, not read ahead) and `asked` (a request waits for it, so it is
 never dropped as stale) are plain marks the producer sets.
 """
 
+from __future__ import annotations
+
 import asyncio
 from collections import deque
 from enum import StrEnum
@@ -78,6 +80,7 @@ class Task:
         "first",
         "for_request",
         "has_failures",
+        "holder",
         "indices",
         "offsets",
         "positions",
@@ -97,6 +100,7 @@ class Task:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.attempts = self.served = 0
         self.has_failures = False  # the source raised for some of its samples
+        self.holder: HeldTasks | None = None  # the read-ahead that holds it
         self.blob = memoryview(b"")
         self.offsets: list[int] = []
 
@@ -148,8 +152,8 @@ def _consume_exception(future: asyncio.Future[Any]) -> None:
 
 
 class HeldTasks:
-    """The tasks the producer holds, made or in the making, and which task
-    makes each index. Each index is in one held task at most."""
+    """The tasks the producer holds for one stream, made or in the making,
+    and which task makes each index. Each index is in one held task at most."""
 
     def __init__(self) -> None:
         self.where: dict[int, Task] = {}  # index -> the task that makes it
@@ -158,6 +162,7 @@ class HeldTasks:
         self.unserved = 0  # of those, the ones not served yet
 
     def hold(self, task: Task) -> None:
+        task.holder = self
         self.where.update(dict.fromkeys(task.indices, task))
         self.tasks[task] = None
         self.samples += len(task.indices)
@@ -180,6 +185,11 @@ class HeldTasks:
         deque(map(self.where.__delitem__, task.indices), maxlen=0)
         self.samples -= len(task.indices)
         self.unserved -= max(len(task.indices) - task.served, 0)
+
+    @property
+    def made_bytes(self) -> int:
+        """Bytes of the samples made and held."""
+        return sum(len(task.blob) for task in self.tasks)
 
     def trim(self, limit: int) -> None:
         """Let go of the oldest made tasks until at most `limit` samples are

@@ -284,8 +284,8 @@ def test_healthz_answers_json_without_upgrading() -> None:
         client.close()
 
 
-@pytest.mark.parametrize("path", ["/", "/wss", "/ws/", "/ws/extra", "/favicon.ico"])
-def test_any_other_path_gets_404(path: str) -> None:
+@pytest.mark.parametrize("path", ["/", "/wss", "/wsx/run", "/favicon.ico"])
+def test_a_path_outside_the_streams_gets_404(path: str) -> None:
     with running_server(max_iterations=10) as server:
         port = server.server.port
         status, _, body = http_get(port, path)
@@ -366,7 +366,7 @@ def test_info_log_is_one_line_per_connection_event() -> None:
     for number in range(1, 5):
         events = [line for line in s.lines if f"conn#{number} " in line]
         assert len(events) == 2, events  # opened, closed
-        assert events[0].endswith("opened")
+        assert events[0].endswith("opened on stream 'default'")
         assert "closed (code 1000)" in events[1]
     bad_events = [line for line in s.lines if "conn#5" in line]
     assert len(bad_events) == 3, bad_events  # opened, the error, closed
@@ -424,7 +424,8 @@ def test_non_websocket_traffic_is_turned_away_quietly() -> None:
 
 
 PROGRESS = re.compile(
-    r"progress: ([\d,]+) samples served in this pass \(([\d.]+)% of 20,000, "
+    r"progress, stream default: ([\d,]+) samples served in this pass "
+    r"\(([\d.]+)% of 20,000, "
     r"(?:[\d,]+ s left|time left unknown)\), ([\d,]+) in total; ([\d,]+) samples/s; "
     r"1 connection streaming$"
 )
@@ -458,4 +459,4 @@ def test_progress_lines_while_samples_flow_and_silence_when_idle() -> None:
     assert int(total_logged.replace(",", "")) == total
     assert float(percent) == 8.0
     assert int(rate.replace(",", "")) > 0
-    assert not [line for line in idle_lines if "progress:" in line], idle_lines
+    assert not [line for line in idle_lines if "progress, stream" in line], idle_lines

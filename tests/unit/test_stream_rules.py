@@ -294,7 +294,8 @@ def test_a_different_validation_set_mid_pass_warns_once_and_is_used(caplog) -> N
     stream.set_validation_ids(ids(3, 4, 5))  # a second run's setup
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "second training run" in warnings[0], warnings
-    assert "one server per training run" in warnings[0]
+    assert "Give each run its own stream" in warnings[0]  # the fix, named
+    assert "/ws/<run-name>" in warnings[0]
     assert stream.validation_indices() == [3, 4, 5]  # accepted, as before
 
 
@@ -345,6 +346,7 @@ def test_peek_takes_nothing_and_matches_the_next_take(validation: list[str]) -> 
 def test_status_reports_the_stream() -> None:
     stream = SampleStream(100)
     assert stream.status() == {
+        "stream": "default",
         "phase": "setup",
         "current_position": 0,
         "max_iterations": 100,
