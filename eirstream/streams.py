@@ -141,8 +141,9 @@ class Streams:
             raise Refused(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"cannot open stream {name!r}: this server keeps at most "
-                f"{self.max_streams} streams (--max-streams) and all are in use; "
-                "reuse a name, or restart the server with a larger --max-streams",
+                f"{self.max_streams} streams (--max-streams), the default one "
+                "counted, and has that many; use one of their names, or restart "
+                "the server with a larger --max-streams",
             )
         named = NamedStream(name, self._make(name))
         self._streams[name] = named
