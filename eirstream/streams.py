@@ -55,7 +55,7 @@ def stream_name(path: str, base: str) -> str | None:
     not under `base` at all (not ours: 404). Refused (400) for a name that
     breaks rule 1."""
     root = base.rstrip("/")  # "/" serves its names as "/<name>"
-    if path == (root or "/"):
+    if path in (base, root or "/"):  # a --path ending in "/" is its own URL
         return DEFAULT_STREAM
     if not path.startswith(root + "/"):
         return None
