@@ -27,7 +27,7 @@ try:
         GaugeMetricFamily,
         HistogramMetricFamily,
     )
-    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client.exposition import generate_latest
     from prometheus_client.registry import Collector, CollectorRegistry
 except ImportError:
     metrics_available = False
@@ -36,6 +36,11 @@ else:
     metrics_available = True
 
 PREFIX = "eirstream_"
+# What generate_latest writes: Prometheus' text format 0.0.4. (Newer
+# prometheus_client releases set CONTENT_TYPE_LATEST to version=1.0.0, a
+# format with name escaping that a scraper asks for in its Accept header;
+# their own server sends it only then, and 0.0.4 to everyone else.)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,7 @@ class ServerMetrics(Collector):
 
     def exposition(self) -> tuple[bytes, str]:
         """The body of a /metrics reply, and its Content-Type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE
 
 
 def family(metric: Metric) -> Any:
