@@ -3,7 +3,8 @@
 (eir_like_client, exact_pass), the real eirtrain (eirtrain_support), a local
 Dask cluster (local_dask), processes and commands a test starts (commands),
 what a run must have rather than skip (required), waiting and its one hang
-guard (waiting), and the data the dataset and encoder tests build (datasets,
+guard (waiting), an engine whose tasks end when a test says (held_engine),
+and the data the dataset and encoder tests build (datasets,
 encodings).
 
 Tests import them as `from support.<module> import ...` (pytest puts tests/
