@@ -108,16 +108,61 @@ class Cursor:
         later = (self.epochs - self.epoch - 1) * per_epoch
         return len(self._front) + fresh + later
 
+    def left_in_epoch(self) -> int | None:
+        """How many indices the cursor's epoch still hands out: the front
+        and the fresh ones from the position on (None: unbounded)."""
+        end = self.num_samples
+        if end is None:
+            return None
+        fresh = max(end - self.position, 0)
+        if self._skip and fresh:
+            fresh -= self._skipped_from(self.position)
+        return len(self._front) + fresh
+
     @property
     def returned(self) -> int:
         """How many given-back indices wait at the front."""
         return len(self._front)
+
+    @property
+    def front(self) -> tuple[int, ...]:
+        """The given-back indices, in the order they are handed out."""
+        return tuple(self._front)
 
     # -- what moves it -----------------------------------------------------
     def rewind(self) -> None:
         """Back to the start of epoch 0; what was given back is dropped."""
         self.epoch = self.position = 0
         self._front.clear()
+
+    def restore(self, epoch: int, position: int, front: Iterable[int] = ()) -> None:
+        """Put the cursor at `position` of `epoch` with `front` given back
+        (skipped indices left out): where a saved pass stood (state.py)."""
+        if self.num_samples is not None and not 0 <= position <= self.num_samples:
+            raise ValueError(
+                f"position {position} is outside an epoch of {self.num_samples}"
+            )
+        if epoch < 0 or (self.epochs is not None and epoch >= self.epochs):
+            raise ValueError(f"epoch {epoch} is outside a pass of {self.epochs}")
+        self.epoch, self.position = epoch, position
+        self._front = deque(i for i in front if i not in self._skip)
+
+    def between(self, start: tuple[int, int], stop: tuple[int, int]) -> list[int]:
+        """The indices at the positions from `start` to `stop` (each an
+        (epoch, position)) in pass order, skipped ones left out: what a read
+        that moved the cursor from `start` to `stop` handed out fresh."""
+        out: list[int] = []
+        epoch, position = start
+        while (epoch, position) < stop:
+            end = stop[1] if epoch == stop[0] else self.num_samples
+            assert end is not None
+            if self.order is None:
+                run: Iterable[int] = range(position, end)
+            else:
+                run = self.order.indices(epoch, position, end)
+            out += filterfalse(self._skip.__contains__, run) if self._skip else run
+            epoch, position = epoch + 1, 0
+        return out
 
     def give_back(self, indices: Iterable[int]) -> int:
         """Put `indices` back at the front, in their order, ahead of what is

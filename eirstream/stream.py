@@ -12,11 +12,12 @@ only integers.
 
 import logging
 from collections.abc import Callable, Collection, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from eirstream.cursor import Cursor
 from eirstream.order import WINDOW_INDICES, EpochOrder
+from eirstream.progress import Progress, Resumed, StreamState, Take
 from eirstream.sample_ids import indices_of_sample_ids
 from eirstream.seats import Seats
 from eirstream.sources import SampleSource
@@ -107,6 +108,18 @@ class SampleStream:
        end of its last epoch, as a single-epoch pass does at its end. An
        unbounded stream, or one with endless epochs, never ends a pass, so
        rule 7 never refuses it.
+    8. Training starts at the *start point*: the first rewind after
+       validation ids arrive (the training's first reset) puts the cursor
+       there instead of at the start of epoch 0, once; every other rewind
+       goes to the start of epoch 0. A new stream's start point is the
+       start of epoch 0, so rule 4 is all there is to it. A stream resumed
+       from `--state` (`resume`) has its saved progress as start point: the
+       earliest index not sent, with the indices taken but not sent first.
+       Until its run sends validation ids (its setup), it skips none, so the
+       setup reads what the first run's setup read; from then on it skips
+       the new ids and every earlier run's. `progress` is what --state
+       writes: the start point until training starts, then the cursor, with
+       the takes whose replies were not sent yet (`sent` tells it).
 
     `peek` shows what the next takes would hand out, without taking it,
     across epoch boundaries too.
@@ -158,6 +171,14 @@ class SampleStream:
         self._served_in_pass = 0
         self._served_total = 0
         self._rewinds = 0
+        # Rule 8: where training starts, until the first training rewind.
+        self._start: Progress | None = Progress()
+        self._earlier: frozenset[int] = frozenset()  # earlier runs' validation ids
+        self._unsent: dict[Hashable, Take] = {}  # taken, reply not sent yet
+        self.resumed: Resumed | None = None
+        # Called with "progress" or "validation" when a reset or new
+        # validation ids change what --state keeps (sends are the caller's).
+        self.listener: Callable[[str], None] | None = None
 
     @classmethod
     def for_source(
@@ -206,6 +227,7 @@ class SampleStream:
     def disconnect(self, conn: Hashable) -> None:
         """Forget a connection; the cursor and the others are untouched."""
         self._seats.drop(conn)
+        self._unsent.pop(conn, None)  # its reply will never be sent: gone
 
     @property
     def open_connections(self) -> int:
@@ -220,14 +242,27 @@ class SampleStream:
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
         seat = self._seats.seat(conn)
-        count = self._seats.allowed(seat, conn, count, self._cursor.remaining())
+        cursor = self._cursor
+        count = self._seats.allowed(seat, conn, count, cursor.remaining())
         if not count:
             return None
-        out = self._cursor.read(count)
+        start, in_front = (cursor.epoch, cursor.position), cursor.returned
+        out = cursor.read(count)
+        self._unsent.pop(conn, None)  # (kept in take order)
+        self._unsent[conn] = Take(
+            tuple(out[:in_front]) if in_front else (),
+            start,
+            (cursor.epoch, cursor.position),
+        )
         self._served_in_pass += len(out)
         self._served_total += len(out)
         self._seats.served(seat, out, count)
         return out
+
+    def sent(self, conn: Hashable) -> None:
+        """The reply to `conn`'s last take is about to leave: its indices
+        count as sent in `progress` from now on."""
+        self._unsent.pop(conn, None)
 
     def peek(self, count: int) -> list[int]:
         """The indices the next `take` calls would hand out, without taking them."""
@@ -237,17 +272,32 @@ class SampleStream:
         """Rewind for `conn`, or let it join the pass others are in (rules 4, 7b)."""
         seat = self._seats.seat(conn)
         if not self._seats.in_pass_besides(seat):
-            self._cursor.rewind()
+            start = self._start if self._validation_ids_set else None
+            if start is None:
+                self._cursor.rewind()
+                self._served_in_pass = 0
+            else:  # rule 8: training starts where the start point says
+                self._cursor.restore(start.epoch, start.position, start.front)
+                self._served_in_pass = start.served_in_pass
+                self._start = None
+            self._unsent.clear()
             self._seats.rewind(seat)
-            self._served_in_pass = 0
             self._rewinds += 1
-            return ResetOutcome(rewound=True, position=0, returned=0)
+            self._changed("progress")
+            return ResetOutcome(
+                rewound=True, position=self._cursor.position, returned=0
+            )
         returned = self._cursor.give_back(seat.probe_batch)
         self._served_in_pass -= returned
         self._seats.admit(seat, conn, self._cursor.remaining())
+        self._changed("progress")
         return ResetOutcome(
             rewound=False, position=self._cursor.position, returned=returned
         )
+
+    def _changed(self, what: str) -> None:
+        if self.listener is not None:
+            self.listener(what)
 
     def remaining(self) -> int | None:
         """How many indices this pass will still hand out: the front, the
@@ -260,7 +310,10 @@ class SampleStream:
         """Replace the set of ids never to serve. Returns (ids received,
         distinct ids among them that this stream produces)."""
         before = self._cursor.skip
-        skip = self._cursor.set_skip(self._indices_of(ids))
+        named = self._indices_of(ids)
+        skip = self._cursor.set_skip(
+            self._earlier.union(named) if self._earlier else named
+        )
         in_pass = self._seats.in_pass()
         if self._validation_ids_set and in_pass and skip != before:
             logger.warning(
@@ -276,6 +329,7 @@ class SampleStream:
             )
         self._validation_ids_received = len(ids)
         self._validation_ids_set = True
+        self._changed("validation")
         return len(ids), len(skip)
 
     def validation_indices(self) -> list[int]:
@@ -309,4 +363,70 @@ class SampleStream:
             "epoch": cursor.epoch,
             "epochs": self.epochs,
             "shuffled": self.order is not None,
+            "resumed": None if self.resumed is None else vars(self.resumed),
         }
+
+    # -- what --state keeps (rule 8) ---------------------------------------
+    def progress(self) -> Progress:
+        """Where training stands: the start point while training has not
+        started in this server, else the cursor with the unsent takes."""
+        counters = {
+            "served_total": self._served_total,
+            "served_in_pass": self._served_in_pass,
+            "rewinds": self._rewinds,
+        }
+        if self._start is not None:  # its own count in its pass
+            del counters["served_in_pass"]
+            return replace(self._start, **counters)
+        cursor = self._cursor
+        return Progress(
+            cursor.epoch,
+            cursor.position,
+            cursor.front,
+            tuple(self._unsent.values()),
+            **counters,
+        )
+
+    def state(self) -> StreamState:
+        """The progress and every validation id (as indices) to keep out."""
+        skip = self._cursor.sorted_skip() if self._validation_ids_set else ()
+        if self._earlier and not self._validation_ids_set:
+            skip = sorted(self._earlier)
+        return StreamState(self.progress(), tuple(skip))
+
+    def resume(self, state: StreamState) -> None:
+        """Take up a stream kept by --state (rule 8), before any connection."""
+        saved, cursor = state.progress, self._cursor
+        self._earlier = frozenset(state.validation)
+        self._served_total, self._rewinds = saved.served_total, saved.rewinds
+        # Positions are resolved with the earlier ids skipped, as they were.
+        cursor.set_skip(self._earlier)
+        front = [i for take in saved.unsent for i in take.front]
+        for take in saved.unsent:
+            front += cursor.between(take.start, take.stop)
+        cursor.restore(saved.epoch, saved.position, [*front, *saved.front])
+        left = cursor.remaining()
+        self.resumed = Resumed(
+            saved.epoch,
+            self._served_in_epoch(),
+            None if self.num_samples is None else self.num_samples - len(self._earlier),
+        )
+        if left == 0:  # the saved pass is over: the next one starts afresh
+            self._start = Progress()
+        else:
+            self._start = Progress(
+                cursor.epoch,
+                cursor.position,
+                cursor.front,
+                served_in_pass=saved.served_in_pass,
+            )
+        cursor.set_skip(())  # the setup reads what the first run's setup read
+        cursor.rewind()
+
+    def _served_in_epoch(self) -> int:
+        """Samples of the cursor's epoch sent (the cursor as restored)."""
+        cursor = self._cursor
+        left = cursor.left_in_epoch()
+        if left is None or self.num_samples is None:
+            return cursor.position
+        return max(self.num_samples - len(cursor.skip) - left, 0)

@@ -362,6 +362,7 @@ def test_status_reports_the_stream() -> None:
         "epoch": 0,
         "epochs": 1,
         "shuffled": False,
+        "resumed": None,
     }
     json.dumps(stream.status())  # it goes into a status reply
     stream.connect("a")
