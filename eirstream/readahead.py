@@ -312,11 +312,15 @@ class SampleProducer:
 
     def release(self, lane: Lane) -> None:
         """A stream with no connection left: its queued read-ahead goes, and
-        its made samples are let go (the read-ahead is for those who read)."""
+        its tasks made or at the engine are let go (the read-ahead is for
+        those who read; one at the engine would otherwise be kept, made, for
+        as long as the stream stays idle). A task a request waits for stays."""
         self._drop_queued(
             lambda task: task.holder is not lane.held, "read ahead for an idle stream"
         )
-        lane.held.trim(0)  # lets go of made tasks only
+        held = lane.held
+        for task in [task for task in held.tasks if not task.asked]:
+            held.let_go(task)
         lane.missed = True
 
     def _drop_stale(self, upcoming: Sequence[int], held: HeldTasks) -> None:
