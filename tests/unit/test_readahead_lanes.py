@@ -164,7 +164,7 @@ async def test_release_lets_go_of_one_stream_s_read_ahead_only() -> None:
     assert all(task.state is FAILED for task in queued_a)  # given up
     assert not any(task in lane_a.held.tasks for task in made_a)  # let go of
     assert all(task.state is not MADE for task in lane_a.held.tasks)
-    assert lane_a.held.unserved == 16  # the two at work: they cannot be called back
+    assert lane_a.held.samples == 0  # also the two still at work
     assert lane_a.missed  # a's next prefetch looks at all of it anew
     assert list(lane_b.held.tasks) == b_tasks  # b's made and queued tasks stay
     assert [t.state for t in b_tasks] == b_states
@@ -172,6 +172,10 @@ async def test_release_lets_go_of_one_stream_s_read_ahead_only() -> None:
     assert lane_b.held.unserved == 28
     message = await serve(producer, engine, b.take("y", 8), lane_b)  # 4..11
     assert message.count(b'"sample_id"') == 8 and b'"sample_4"' in message
+    # a's tasks that were at work are made by now, and not kept for it.
+    assert all(future.done() for _, future in engine.tasks[:4])
+    assert lane_a.held.samples == 0 and lane_a.held.made_bytes == 0
+    assert producer.status()["samples_held"] == lane_b.held.samples
     producer.close()
 
 
