@@ -12,7 +12,8 @@ settings to shrink, and it
   (`generated_samples`, `last_logged_iteration`),
 * reads what our server logs at DEBUG level (`parse_stream_log`): every
   request, the stream indices of every `data` reply, the validation indices
-  and `terminate`, and the stream's own lines (the end of a pass).
+  and `terminate`, and the stream's own lines (the end of a pass); each
+  connection's named stream, and the story of one named stream alone.
 
 eirtrain is looked up in $EIR_ENV_DIR/bin (default /tmp/eirenv), then on PATH;
 every test under tests/eirtrain skips without it, or fails where the run
@@ -264,6 +265,7 @@ class ConnectionLog:
     batches_after_reset: list[list[int]] = field(default_factory=list)
     terminated: bool = False
     closed: str | None = None
+    stream: str | None = None  # the named stream it opened on, when logged
 
 
 @dataclass
@@ -272,7 +274,8 @@ class StreamLog:
     validation_indices: set[int] | None
     validation_connection: int | None  # the last to set validation ids
     validation_connections: list[int] = field(default_factory=list)
-    stream_lines: list[str] = field(default_factory=list)  # data_simulator's
+    # the stream's own lines (eirstream.stream), of every stream: none names it
+    stream_lines: list[str] = field(default_factory=list)
 
     def ordered(self) -> list[ConnectionLog]:
         return [self.connections[i] for i in sorted(self.connections)]
@@ -292,11 +295,17 @@ class StreamLog:
 
 _CONN_LINE = re.compile(r"eirstream\.\w+: conn#(\d+)(?: \S+)?: (.*)$")
 _STREAM_LINE = re.compile(r" eirstream\.stream: (.*)$")
+_OPENED_ON = re.compile(r"opened on stream '([^']*)'")
 
 
-def parse_stream_log(text: str) -> StreamLog:
-    """Read the connection story out of our server's log (needs DEBUG lines)."""
+def parse_stream_log(text: str, stream: str | None = None) -> StreamLog:
+    """Read the connection story out of our server's log (needs DEBUG lines).
+
+    With `stream`, only the connections opened on that named stream count
+    (their requests, replies and validation ids): the story of one stream
+    of a server that serves several. `stream_lines` are every stream's."""
     connections: dict[int, ConnectionLog] = {}
+    streams: dict[int, str] = {}  # connection id -> its stream's name
     validation: set[int] | None = None
     validation_conns: list[int] = []
     stream_lines: list[str] = []
@@ -307,7 +316,12 @@ def parse_stream_log(text: str) -> StreamLog:
         if not match:
             continue
         conn_id, event = int(match.group(1)), match.group(2)
+        if opened := _OPENED_ON.fullmatch(event):
+            streams[conn_id] = opened.group(1)
+        if stream is not None and streams.get(conn_id) != stream:
+            continue
         conn = connections.setdefault(conn_id, ConnectionLog(conn_id))
+        conn.stream = streams.get(conn_id)
         if event.startswith("received "):
             kind = event.removeprefix("received ")
             if kind != "handshake":

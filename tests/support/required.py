@@ -5,7 +5,9 @@ Tests that need something optional (the real eirtrain, Dask's
 run requires it: there they fail, so that CI never goes green without
 running them. EIR_REQUIRE_CLIENT=1 (CI sets it when it installs the real
 client) requires both; CI=true alone requires `distributed`, which the dev
-extra installs everywhere.
+extra installs everywhere. A real Prometheus (Debian's `prometheus`
+package: `prometheus` and `promtool`) is required by EIR_REQUIRE_PROMETHEUS=1
+alone, which CI sets once it has installed the package.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ import pytest
 
 from support.eirtrain_support import EIR_ENV_DIR, find_eirtrain
 from support.local_dask import dask_command
+from support.prometheus import PrometheusTools, find_prometheus
 
-Optional = Literal["eirtrain", "distributed"]
+Optional = Literal["eirtrain", "distributed", "prometheus"]
 
 
 def required(what: Optional) -> bool:
     """Whether this run must have `what` (see the module's docstring)."""
+    if what == "prometheus":
+        return os.environ.get("EIR_REQUIRE_PROMETHEUS") == "1"
     if os.environ.get("EIR_REQUIRE_CLIENT") == "1":
         return True
     return what == "distributed" and os.environ.get("CI", "").lower() == "true"
@@ -62,3 +67,16 @@ def needs_dask() -> None:
         dask_command()
     except FileNotFoundError as error:
         missing("distributed", str(error))
+
+
+def needs_prometheus() -> PrometheusTools:
+    """Debian's Prometheus (`prometheus` and `promtool`), or `missing` says
+    how to install it."""
+    tools = find_prometheus()
+    if tools is None:
+        missing(
+            "prometheus",
+            "prometheus or promtool not on PATH (apt-get install prometheus, "
+            "Debian's package; EIR_REQUIRE_PROMETHEUS=1 makes this a failure)",
+        )
+    return tools
