@@ -59,6 +59,7 @@ else:
 
 logger = logging.getLogger("eirstream.server")
 
+TRY_AGAIN_LATER = 1013  # WebSocket close code
 FRAGMENT = 2**18  # larger data replies go out in frames of this size
 
 
@@ -100,6 +101,12 @@ class StreamServer:
                 f"--shuffle and --epochs need a source with an end, and {spec} "
                 "has none: give --max-iterations N (samples per epoch)"
             )
+        self._make_stream = SampleStream.maker(
+            self.source,
+            epochs=settings.epochs,
+            shuffle=settings.shuffle,
+            seed=settings.seed,
+        )
         self.streams = Streams(self._new_stream, settings.max_streams)
         self.default = self.streams.open(DEFAULT_STREAM)
         self.producer = SampleProducer(self._engine(spec, source_settings))
@@ -125,14 +132,7 @@ class StreamServer:
 
     def _new_stream(self, name: str) -> SampleStream:
         """A new named stream of the source, as the settings say."""
-        settings = self.settings
-        stream = SampleStream.for_source(
-            self.source,
-            epochs=settings.epochs,
-            shuffle=settings.shuffle,
-            seed=settings.seed,
-            name=name,
-        )
+        stream = self._make_stream(name)
         if name != DEFAULT_STREAM:
             logger.info("stream %r: opened (stream %d)", name, len(self.streams) + 1)
         return stream
@@ -289,8 +289,8 @@ class StreamServer:
             return ws.respond(
                 HTTPStatus.UNAUTHORIZED, "missing or wrong ?token= in the URL\n"
             )
-        try:
-            self.streams.open(name)
+        try:  # opened by _handle, once the upgrade is through
+            self.streams.check_room(name)
         except Refused as refused:
             return self._refuse(ws, refused)
         return None
@@ -334,11 +334,7 @@ class StreamServer:
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
         body, content_type = self.metrics.exposition()
-        response = ws.respond(HTTPStatus.OK, "")
-        response.body = body
-        response.headers["Content-Type"] = content_type
-        response.headers["Content-Length"] = str(len(body))
-        return response
+        return http_response(ws, body, content_type)
 
     def health(self) -> dict[str, Any]:
         """/healthz: up, and each stream in brief (totals over all streams)."""
@@ -383,7 +379,12 @@ class StreamServer:
     # -- one connection ------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
         name = stream_name(urlsplit(ws.request.path).path, self.settings.path)
-        named = self.streams[name]  # opened by _check_request
+        try:
+            named = self.streams.open(name)
+        except Refused as refused:  # the room _check_request saw went meanwhile
+            logger.warning("%s: %s", peer_of(ws), refused.text)
+            await ws.close(TRY_AGAIN_LATER, "too many streams (--max-streams)")
+            return
         reader = Reader(named, self.producer.lane(name))
         conn = Connection(
             next(self._ids),
@@ -488,10 +489,21 @@ class Reader:
     arrived: float = 0.0
 
 
-def json_response(ws: ServerConnection, body: dict[str, Any]) -> Response:
-    response = ws.respond(HTTPStatus.OK, json.dumps(body) + "\n")
-    response.headers["Content-Type"] = "application/json"
+def http_response(ws: ServerConnection, body: bytes, content_type: str) -> Response:
+    """A 200 reply with `body`: websockets' own reply (its Date and
+    Connection headers), its text/plain body and headers replaced."""
+    response = ws.respond(HTTPStatus.OK, "")
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
+    response.headers["Content-Type"] = content_type
+    response.headers["Content-Length"] = str(len(body))
+    response.body = body
     return response
+
+
+def json_response(ws: ServerConnection, body: dict[str, Any]) -> Response:
+    text = json.dumps(body) + "\n"
+    return http_response(ws, text.encode(), "application/json")
 
 
 def brief(status: dict[str, Any]) -> dict[str, Any]:

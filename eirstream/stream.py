@@ -189,6 +189,7 @@ class SampleStream:
         shuffle: bool = False,
         seed: int = 0,
         name: str = "default",
+        order: EpochOrder | None = None,
     ) -> "SampleStream":
         """The stream of `source`: its length, and its mapping of sample ids,
         with `epochs` epochs per pass (None: endless), each shuffled by
@@ -201,7 +202,8 @@ class SampleStream:
         blocks; otherwise it uses fixed blocks (order.py). It may offer
         `shuffle_window`, the most indices to mix at a time (where a row
         gives many samples, small windows keep each worker from splitting
-        the same rows); otherwise order.py's default.
+        the same rows); otherwise order.py's default. `order` is the
+        shuffled order to use (`maker` shares one among a server's streams).
         """
         bulk = getattr(source, "indices_of", None)
         if bulk is None:
@@ -210,14 +212,38 @@ class SampleStream:
             def bulk(ids: Sequence[str]) -> set[int]:
                 return {i for i in map(index_of, ids) if i is not None}
 
-        order = None
-        if shuffle:
-            if source.num_samples is None:
-                raise ValueError("an unbounded source cannot be shuffled")
-            blocks = getattr(source, "block_sizes", None)
-            window = getattr(source, "shuffle_window", None) or WINDOW_INDICES
-            order = EpochOrder(source.num_samples, seed, blocks, window)
+        if not shuffle:
+            order = None
+        elif order is None:
+            order = epoch_order(source, seed)
         return cls(source.num_samples, bulk, epochs=epochs, order=order, name=name)
+
+    @classmethod
+    def maker(
+        cls,
+        source: SampleSource,
+        *,
+        epochs: int | None = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> "Callable[[str], SampleStream]":
+        """Make named streams of `source` (streams.py): like `for_source`,
+        with one shuffled order shared by all of them. An order is a function
+        of (seed, epoch) alone, so sharing it changes no stream's order, and
+        its caches are kept once per server, not once per stream."""
+        order = epoch_order(source, seed) if shuffle else None
+
+        def make(name: str) -> SampleStream:
+            return cls.for_source(
+                source,
+                epochs=epochs,
+                shuffle=shuffle,
+                seed=seed,
+                name=name,
+                order=order,
+            )
+
+        return make
 
     # -- connections (rule 5) ----------------------------------------------
     def connect(self, conn: Hashable) -> None:
@@ -430,3 +456,13 @@ class SampleStream:
         if left is None or self.num_samples is None:
             return cursor.position
         return max(self.num_samples - len(cursor.skip) - left, 0)
+
+
+def epoch_order(source: SampleSource, seed: int) -> EpochOrder:
+    """The shuffled order of `source`'s epochs for `seed`, read block by
+    block as the source says (`block_sizes`, `shuffle_window`)."""
+    if source.num_samples is None:
+        raise ValueError("an unbounded source cannot be shuffled")
+    blocks = getattr(source, "block_sizes", None)
+    window = getattr(source, "shuffle_window", None) or WINDOW_INDICES
+    return EpochOrder(source.num_samples, seed, blocks, window)

@@ -137,7 +137,14 @@ class Streams:
         named = self._streams.get(name)
         if named is not None:
             return named
-        if len(self._streams) >= self.max_streams:
+        self.check_room(name)
+        named = NamedStream(name, self._make(name))
+        self._streams[name] = named
+        return named
+
+    def check_room(self, name: str) -> None:
+        """Refused (503) unless `name` is kept or there is room to make it."""
+        if name not in self._streams and len(self._streams) >= self.max_streams:
             raise Refused(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"cannot open stream {name!r}: this server keeps at most "
@@ -145,9 +152,6 @@ class Streams:
                 "counted, and has that many; use one of their names, or restart "
                 "the server with a larger --max-streams",
             )
-        named = NamedStream(name, self._make(name))
-        self._streams[name] = named
-        return named
 
     def __getitem__(self, name: str) -> NamedStream:
         return self._streams[name]

@@ -170,12 +170,6 @@ def test_open_connections_are_counted_per_stream() -> None:
     assert got[("eirstream_open_connections", of("default"))] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py's _metrics_response (and json_response) add Content-Type "
-    "and Content-Length to those ws.respond set already (websockets' Headers "
-    "appends): two of each, the first Content-Length 0",
-)
 def test_the_metrics_reply_has_one_content_type_and_length() -> None:
     with running_server(max_iterations=10) as server:
         port = server.server.port

@@ -305,12 +305,6 @@ def test_the_path_option_is_the_default_stream_and_names_go_under_it(
         named.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py opens the stream in _check_request, before websockets "
-    "checks the upgrade: a plain GET (answered 426) makes a stream and "
-    "takes one of --max-streams for good",
-)
 def test_a_request_that_is_no_upgrade_makes_no_stream() -> None:
     with running_server(max_iterations=10, max_streams=2) as server:
         port = server.server.port
