@@ -38,11 +38,15 @@ def health(port: int) -> dict:
     return json.loads(reply.body)
 
 
-def rank_pass(url: str, out: dict[int, list[int]], rank: int) -> None:
-    """One rank's training connection: probe, then batches to the end."""
+def rank_pass(
+    url: str, out: dict[int, list[int]], rank: int, ready: threading.Barrier
+) -> None:
+    """One rank's training connection: probe, wait for the other ranks (as
+    DDP's start does), then batches to the end."""
     client = EirLikeClient(url, worker_id=0)
     try:
         client.validation_probe()
+        ready.wait(HANG)
         samples = client.training_pass(BATCH)
         out[rank] = [number(s["sample_id"]) for s in samples]
     finally:
@@ -54,8 +58,9 @@ def ddp_run(url: str, validation: set[int]) -> dict[int, list[int]]:
     then RANKS training connections at once. What each rank received."""
     send_validation_ids(url, [f"sample_{k}" for k in sorted(validation)])
     out: dict[int, list[int]] = {}
+    ready = threading.Barrier(RANKS)
     ranks = [
-        threading.Thread(target=rank_pass, args=(url, out, rank))
+        threading.Thread(target=rank_pass, args=(url, out, rank, ready))
         for rank in range(RANKS)
     ]
     for thread in ranks:
