@@ -8,32 +8,19 @@ Replies are read as sent (support/http.py), every header kept.
 import http.client
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.eir_like_client import EirLikeClient
 from support.http import HttpReply, http_get
+from support.prometheus import check_metrics
+from support.required import needs_prometheus
 from support.server_process import ServerProcess
 from support.servers import ServerThread, running_server
 from support.waiting import HANG
 
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 METRICS_OFF = "pip install 'eirstream[metrics]'"
-
-
-def promtool() -> str:
-    """The path of promtool; a skip without it, or a failure where the run
-    sets EIR_REQUIRE_PROMETHEUS."""
-    found = shutil.which("promtool")
-    if found is None:
-        why = "promtool is not installed (Debian: apt-get install prometheus)"
-        if os.environ.get("EIR_REQUIRE_PROMETHEUS"):
-            pytest.fail(f"{why}; EIR_REQUIRE_PROMETHEUS is set", pytrace=False)
-        pytest.skip(why)
-    return found
 
 
 def samples(body: bytes) -> dict[tuple[str, frozenset], float]:
@@ -113,20 +100,14 @@ def known_traffic(server: ServerThread) -> dict[str, dict]:
 
 
 def test_metrics_match_what_each_stream_was_sent() -> None:
-    tool = promtool()
+    tools = needs_prometheus()  # a skip without promtool, or a failure in CI
     with running_server(max_iterations=200) as server:
         port = server.server.port
         sent = known_traffic(server)
         reply = scrape(port)
         making = server.call(server.server.producer.status)
     assert TEXT_FORMAT in reply.header("Content-Type"), reply.headers
-    checked = subprocess.run(
-        [tool, "check", "metrics"],
-        input=reply.body,
-        capture_output=True,
-        timeout=HANG,
-        check=False,
-    )
+    checked = check_metrics(tools, reply.body.decode())
     assert checked.returncode == 0, (checked.stdout, checked.stderr)
     assert not checked.stdout.strip() and not checked.stderr.strip(), checked
     got = samples(reply.body)
