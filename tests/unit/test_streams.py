@@ -135,6 +135,21 @@ def test_one_stream_more_than_max_streams_is_refused_and_nothing_is_made() -> No
     assert [named.name for named in streams] == [DEFAULT_STREAM, "other"]
 
 
+def test_check_room_refuses_a_new_name_when_full_and_makes_nothing() -> None:
+    make, made = counting_factory()
+    streams = Streams(make, max_streams=2)
+    streams.check_room("first")  # room: nothing said, nothing made
+    assert made == [] and len(streams) == 0
+    streams.open("first")
+    streams.open("second")
+    streams.check_room("first")  # kept: room or not
+    with pytest.raises(Refused) as refused:
+        streams.check_room("third")
+    assert refused.value.status == HTTPStatus.SERVICE_UNAVAILABLE
+    assert "at most 2 streams" in refused.value.text
+    assert made == ["first", "second"] and "third" not in streams
+
+
 def test_max_streams_below_one_is_an_error() -> None:
     make, _ = counting_factory()
     with pytest.raises(ValueError, match="at least 1"):
