@@ -157,6 +157,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "ws://host:port/ws/<name> opens one; one more is refused",
     )
     add(
+        "--state",
+        default=None,
+        metavar="PATH",
+        help="keep each stream's progress and validation ids in this file, and "
+        "resume from it when the server starts again (a restarted run then "
+        "trains on what its stream has not sent yet)",
+    )
+    add(
+        "--state-sync",
+        type=positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="flush the --state file to disk this often; after a machine crash "
+        "at most this interval's samples are sent again (a killed server "
+        "loses nothing)",
+    )
+    add(
         "--token",
         default=None,
         help="require ?token=TOKEN in the URL (env EIR_STREAM_TOKEN); /metrics "
@@ -328,6 +345,9 @@ def announce(server: StreamServer) -> None:
         settings.seed,
         makers,
     )
+    if server.keeper is not None:
+        for line in server.keeper.resumed_lines():
+            logger.info("%s", line)
 
 
 def describe_stream(server: StreamServer) -> str:

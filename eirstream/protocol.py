@@ -339,7 +339,12 @@ class Connection:
 
     def _on_reset(self, payload: dict[str, Any]) -> list[Output]:
         outcome = self.stream.reset(self.id)
-        if outcome.rewound:
+        if outcome.resumed:
+            text = (
+                "training resumes where this stream's --state left it: epoch "
+                f"{outcome.epoch}, position {outcome.position}"
+            )
+        elif outcome.rewound:
             text = "stream rewound to sample 0"
         else:
             text = (

@@ -43,6 +43,7 @@ from eirstream.protocol import (
     index_ranges,
 )
 from eirstream.readahead import Lane, SampleProducer
+from eirstream.resume import Keeper
 from eirstream.settings import Settings
 from eirstream.stream import SampleStream
 from eirstream.streams import DEFAULT_STREAM, NamedStream, Refused, Streams, stream_name
@@ -109,6 +110,11 @@ class StreamServer:
         )
         self.streams = Streams(self._new_stream, settings.max_streams)
         self.default = self.streams.open(DEFAULT_STREAM)
+        self.keeper: Keeper | None = None
+        if settings.state is not None:
+            self.keeper = Keeper(settings, self.source, self.streams)
+            for named in self.streams:
+                self.keeper.watch(named)
         self.producer = SampleProducer(self._engine(spec, source_settings))
         self.metrics = (
             ServerMetrics(self.streams, self.producer.status)
@@ -185,6 +191,8 @@ class StreamServer:
             if self._redact is not None:
                 logging.getLogger("websockets.server").removeFilter(self._redact)
             raise
+        if self.keeper is not None:
+            self.keeper.start()
         self.producer.prefetch(self.stream.peek)  # workers start on the first
         if self.metrics is None:
             logger.info(
@@ -236,6 +244,8 @@ class StreamServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), 0.3)
         self.producer.close()
+        if self.keeper is not None:
+            self.keeper.close()
         if self._redact is not None:
             logging.getLogger("websockets.server").removeFilter(self._redact)
         self._server = None
@@ -356,6 +366,7 @@ class StreamServer:
             "uptime_s": round(time.monotonic() - self.started, 1),
             "making": self.producer.status(),
             "max_streams": self.streams.max_streams,
+            "state": None if self.keeper is None else self.keeper.status(),
             "streams": {
                 named.name: brief(named.stream.status()) for named in self.streams
             },
@@ -381,6 +392,8 @@ class StreamServer:
         name = stream_name(urlsplit(ws.request.path).path, self.settings.path)
         try:
             named = self.streams.open(name)
+            if self.keeper is not None and named.stream.listener is None:
+                self.keeper.watch(named)  # a new stream
         except Refused as refused:  # the room _check_request saw went meanwhile
             logger.warning("%s: %s", peer_of(ws), refused.text)
             await ws.close(TRY_AGAIN_LATER, "too many streams (--max-streams)")
@@ -466,6 +479,9 @@ class StreamServer:
                 return
             counts.waits.observe(time.perf_counter() - reader.arrived)
             counts.bytes_served += len(message)
+            reader.named.stream.sent(conn.id)
+            if self.keeper is not None:  # on file before the bytes leave
+                self.keeper.sent(reader.named)
             await ws.send(fragmented(message), text=True)  # UTF-8 bytes, text frames
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(

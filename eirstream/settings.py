@@ -28,6 +28,8 @@ class Settings:
     max_batch_size: int
     max_message_size: int
     max_streams: int
+    state: str | None  # --state PATH: keep and resume each stream's progress
+    state_sync: float  # seconds between flushes of the state file to disk
     token: str | None
     certfile: str | None
     keyfile: str | None

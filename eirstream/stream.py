@@ -32,6 +32,8 @@ class ResetOutcome:
     rewound: bool
     position: int  # the cursor after the reset (0 after a rewind)
     returned: int  # indices this connection had taken that went back to the front
+    epoch: int = 0  # the cursor's epoch after the reset
+    resumed: bool = False  # the rewind went to a resumed stream's start point
 
 
 class SampleStream:
@@ -299,6 +301,7 @@ class SampleStream:
         seat = self._seats.seat(conn)
         if not self._seats.in_pass_besides(seat):
             start = self._start if self._validation_ids_set else None
+            resumed = start is not None and self.resumed is not None
             if start is None:
                 self._cursor.rewind()
                 self._served_in_pass = 0
@@ -310,9 +313,8 @@ class SampleStream:
             self._seats.rewind(seat)
             self._rewinds += 1
             self._changed("progress")
-            return ResetOutcome(
-                rewound=True, position=self._cursor.position, returned=0
-            )
+            cursor = self._cursor
+            return ResetOutcome(True, cursor.position, 0, cursor.epoch, resumed)
         returned = self._cursor.give_back(seat.probe_batch)
         self._served_in_pass -= returned
         self._seats.admit(seat, conn, self._cursor.remaining())

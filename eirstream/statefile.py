@@ -1,0 +1,197 @@
+"""Writing the state file (`--state PATH`; its format is state.py's).
+
+`StateFile.open` reads and checks the file (or makes it), and writes a
+fresh snapshot in its place. From then on every update is one line
+appended with one `write` call: a sample's update is in the file before
+its reply is handed to the socket, so a server killed at any moment (even
+with SIGKILL) leaves a file that names every sample sent. The operating
+system writes the file to disk in its own time; `sync` forces it (the
+server calls it every `--state-sync` seconds), so a machine that crashes
+loses at most that interval's updates, and their samples are sent again
+(never skipped: a lost update only makes the file older).
+
+When the updates outgrow `COMPACT_AFTER` bytes, a new snapshot replaces
+the file: written to a temporary file beside it, flushed to disk, then
+renamed over it, so a reader sees the old file or the new one, never half
+of one. A write that fails (a full disk, say) leaves the last good state
+in place: an append cut short is cut off again, a failed snapshot is
+removed. The server logs one warning and goes on serving; the next update
+that is written brings the file up to date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from eirstream.progress import Progress
+from eirstream.state import (
+    ReadState,
+    StateError,
+    progress_update,
+    read_state,
+    snapshot,
+    validation_update,
+)
+
+logger = logging.getLogger("eirstream.state")
+
+COMPACT_AFTER = 256 * 1024  # bytes of updates after the snapshot
+
+
+class StateFile:
+    """The state file of one server (see the module docstring)."""
+
+    def __init__(self, path: Path, settings: Mapping[str, Any]) -> None:
+        self.path = path
+        self.settings = dict(settings)
+        self.encoded: dict[str, dict[str, Any]] = {}  # the streams, as written
+        self.updates = self.failures = 0
+        self._fd = -1
+        self._size = self._snapshot_size = 0  # bytes written and good
+        self._failing: str | None = None  # why the last write failed
+        self._dirty = False  # written since the last sync
+
+    @classmethod
+    def open(
+        cls, path: str, settings: Mapping[str, Any]
+    ) -> tuple[StateFile, ReadState]:
+        """The state file at `path` for a server with `settings`, and what it
+        held (nothing for a new file). StateError, one line, for a file
+        this server cannot use or a path it cannot write; the file is left
+        as it is then."""
+        state = cls(Path(path), settings)
+        try:
+            data = state.path.read_bytes()
+        except FileNotFoundError:
+            read = ReadState()
+        except OSError as exc:
+            raise StateError(f"cannot read it: {exc.strerror or exc}") from None
+        else:
+            read = read_state(data, state.settings)
+        state.encoded = {name: dict(parts) for name, parts in read.encoded.items()}
+        if state.path.exists() and not os.access(state.path, os.W_OK):
+            raise StateError("cannot write it: the file is read-only")
+        problem = state._compact()
+        if problem:
+            raise StateError(f"cannot write it: {problem}")
+        return state, read
+
+    # -- updates -------------------------------------------------------------
+    def progress(self, name: str, progress: Progress) -> None:
+        """Write a stream's progress (before its reply leaves)."""
+        line, encoded = progress_update(name, progress)
+        self.encoded.setdefault(name, {})["progress"] = encoded
+        self._append(line)
+
+    def validation(self, name: str, indices: tuple[int, ...]) -> None:
+        """Write a stream's validation ids (as sorted indices)."""
+        line, encoded = validation_update(name, indices)
+        self.encoded.setdefault(name, {})["validation"] = encoded
+        self._append(line)
+
+    def _append(self, line: bytes) -> None:
+        self.updates += 1
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(f"only {written} of {len(line)} bytes written")
+        except OSError as exc:
+            self._failed(exc)
+            with contextlib.suppress(OSError):  # cut off what was written
+                os.ftruncate(self._fd, self._size)
+            return
+        self._size += written
+        self._dirty = True
+        if self._failing:
+            logger.warning("state file %s: writing again", self.path)
+            self._failing = None
+        if self._size - self._snapshot_size > COMPACT_AFTER:
+            problem = self._compact()
+            if problem:  # the file grows on; try again after as many updates
+                self._snapshot_size = self._size
+                self._failed(OSError(problem))
+
+    def _failed(self, exc: OSError) -> None:
+        self.failures += 1
+        if self._failing is None:
+            self._failing = str(exc.strerror or exc)
+            logger.warning(
+                "state file %s: a write failed (%s); it keeps its last good state, "
+                "and the server goes on serving",
+                self.path,
+                self._failing,
+            )
+
+    # -- snapshots and syncing ------------------------------------------------
+    def _compact(self) -> str | None:
+        """Replace the file by one snapshot of every stream (temporary file,
+        flushed, renamed over); why not, or None."""
+        body = snapshot(self.settings, self.encoded)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                if os.write(fd, body) != len(body):
+                    raise OSError("short write")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+            _sync_folder(self.path.parent)
+            new = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            return str(exc.strerror or exc)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._size, self._snapshot_size = new, len(body), len(body)
+        self._dirty = False
+        return None
+
+    def sync(self) -> None:
+        """Flush what was written to disk (call it off the event loop)."""
+        fd, self._dirty = self._fd, False
+        # (fd closed by a snapshot meanwhile: that one was synced)
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def close(self) -> None:
+        """A last snapshot, flushed; the file is not written again."""
+        if self._fd < 0:
+            return
+        if self._compact():
+            self.sync()
+        os.close(self._fd)
+        self._fd = -1
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "bytes": self._size,
+            "updates": self.updates,
+            "failed_writes": self.failures,
+        }
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (where the system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
