@@ -175,7 +175,11 @@ def test_eirtrain_passes_the_token_in_its_urls_through(smoke_run: Trained) -> No
     assert "Received termination signal" in smoke_run.run.output()
     server_log = smoke_run.server_log
     assert " 401" not in server_log  # every connection carried the token
-    opened = [line for line in server_log.splitlines() if line.endswith(": opened")]
+    opened = [
+        line
+        for line in server_log.splitlines()
+        if line.endswith(": opened on stream 'default'")
+    ]
     assert len(opened) >= 6  # status, setup, reset, status, ids, training
     assert TOKEN not in server_log
 

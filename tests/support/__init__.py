@@ -4,7 +4,8 @@
 Dask cluster (local_dask), processes and commands a test starts (commands),
 what a run must have rather than skip (required), waiting and its one hang
 guard (waiting), an engine whose tasks end when a test says (held_engine),
-a plain HTTP GET read as sent (http), and the data the dataset and encoder
+a plain HTTP GET read as sent (http), a real Prometheus (prometheus),
+and the data the dataset and encoder
 tests build (datasets, encodings).
 
 Tests import them as `from support.<module> import ...` (pytest puts tests/
