@@ -113,10 +113,13 @@ _ENGINE: tuple[tuple[str, str, str, str], ...] = (
 
 
 def metric_values(
-    streams: Iterable[NamedStream], making: dict[str, Any]
+    streams: Iterable[NamedStream],
+    making: dict[str, Any],
+    state: dict[str, Any] | None = None,
 ) -> list[Metric]:
     """Every metric: per stream from `streams`, for the engine from
-    `making` (the producer's status)."""
+    `making` (the producer's status), for the --state file from `state`
+    (its status; None: no --state)."""
     streams = list(streams)
     states = [(named, named.stream.status()) for named in streams]
     out = [
@@ -149,7 +152,51 @@ def metric_values(
         for name, kind, text, key in _ENGINE
     )
     out.append(Metric("streams", "gauge", "Named streams kept", (), {(): len(streams)}))
+    out.extend(_resumed(states, state))
     return out
+
+
+def _resumed(
+    states: list[tuple[NamedStream, dict[str, Any]]], state: dict[str, Any] | None
+) -> list[Metric]:
+    """Where each resumed stream resumed from, and the state file's writes."""
+    if state is None:
+        return []
+    resumed = {
+        (named.name,): status["resumed"]
+        for named, status in states
+        if status["resumed"]
+    }
+    return [
+        Metric(
+            "resumed_epoch",
+            "gauge",
+            "The epoch a stream resumed in from the --state file",
+            ("stream",),
+            {key: value["epoch"] for key, value in resumed.items()},
+        ),
+        Metric(
+            "resumed_samples",
+            "gauge",
+            "Samples of that epoch sent before the stream resumed",
+            ("stream",),
+            {key: value["served"] for key, value in resumed.items()},
+        ),
+        Metric(
+            "state_updates",
+            "counter",
+            "Updates written to the --state file",
+            (),
+            {(): state["updates"]},
+        ),
+        Metric(
+            "state_write_failures",
+            "counter",
+            "Failed writes to the --state file (it keeps its last good state)",
+            (),
+            {(): state["failed_writes"]},
+        ),
+    ]
 
 
 class ServerMetrics(Collector):
@@ -159,16 +206,19 @@ class ServerMetrics(Collector):
         self,
         streams: Iterable[NamedStream],
         making: Callable[[], dict[str, Any]],
+        state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """`streams`: the server's streams (read anew at each scrape);
-        `making`: the producer's status."""
+        `making`: the producer's status; `state`: the --state file's."""
         self.streams = streams
         self.making = making
+        self.state = state
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
     def collect(self) -> Iterator[Any]:
-        for metric in metric_values(self.streams, self.making()):
+        state = None if self.state is None else self.state()
+        for metric in metric_values(self.streams, self.making(), state):
             yield family(metric)
 
     def exposition(self) -> tuple[bytes, str]:

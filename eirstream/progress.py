@@ -56,3 +56,4 @@ class Resumed:
     epoch: int
     served: int
     per_epoch: int | None  # None: an unbounded stream
+    pass_over: bool = False  # all was sent: training starts a new pass

@@ -105,9 +105,11 @@ class Keeper:
                 continue
             of = "" if resumed.per_epoch is None else f" of {resumed.per_epoch:,}"
             kept = len(named.stream.state().validation)
+            where = f"epoch {resumed.epoch}, {resumed.served:,}{of} samples served"
+            if resumed.pass_over:
+                where = f"its pass had ended ({where}), so training starts a new one"
             lines.append(
-                f"stream {named.name!r} resumed from {self.file.path}: epoch "
-                f"{resumed.epoch}, {resumed.served:,}{of} samples served; "
+                f"stream {named.name!r} resumed from {self.file.path}: {where}; "
                 f"{kept:,} validation ids kept out of training"
             )
         return lines

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from itertools import count
 from typing import Any
-from urllib.parse import parse_qs, quote, quote_plus, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from eirstream.dask_engine import DaskEngine
 from eirstream.engines import DefaultEngine, Engine, ProcessEngine, ThreadEngine
@@ -43,6 +43,14 @@ from eirstream.protocol import (
     index_ranges,
 )
 from eirstream.readahead import Lane, SampleProducer
+from eirstream.reports import (
+    RedactFilter,
+    brief,
+    describe_close,
+    http_response,
+    json_response,
+    progress_line,
+)
 from eirstream.resume import Keeper
 from eirstream.settings import Settings
 from eirstream.stream import SampleStream
@@ -116,11 +124,10 @@ class StreamServer:
             for named in self.streams:
                 self.keeper.watch(named)
         self.producer = SampleProducer(self._engine(spec, source_settings))
-        self.metrics = (
-            ServerMetrics(self.streams, self.producer.status)
-            if metrics_available
-            else None
-        )
+        self.metrics = None
+        if metrics_available:
+            state = None if self.keeper is None else self.keeper.status
+            self.metrics = ServerMetrics(self.streams, self.producer.status, state)
         self.connections: dict[ServerConnection, Connection] = {}
         self._reading = 0  # streams with a connection open
         self.connections_total = 0
@@ -389,16 +396,10 @@ class StreamServer:
 
     # -- one connection ------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
-        name = stream_name(urlsplit(ws.request.path).path, self.settings.path)
-        try:
-            named = self.streams.open(name)
-            if self.keeper is not None and named.stream.listener is None:
-                self.keeper.watch(named)  # a new stream
-        except Refused as refused:  # the room _check_request saw went meanwhile
-            logger.warning("%s: %s", peer_of(ws), refused.text)
-            await ws.close(TRY_AGAIN_LATER, "too many streams (--max-streams)")
+        named = await self._open_stream(ws)
+        if named is None:
             return
-        reader = Reader(named, self.producer.lane(name))
+        reader = Reader(named, self.producer.lane(named.name))
         conn = Connection(
             next(self._ids),
             named.stream,
@@ -414,28 +415,9 @@ class StreamServer:
         self.connections_total += 1
         peer = peer_of(ws)
         opened = time.monotonic()
-        logger.info("conn#%d %s: opened on stream %r", conn.id, peer, name)
+        logger.info("conn#%d %s: opened on stream %r", conn.id, peer, named.name)
         try:
-            while conn.phase != CLOSED:
-                if conn.phase == AWAITING_HANDSHAKE:
-                    timeout: float | None = self.settings.handshake_timeout
-                elif conn.heartbeat_pending:
-                    timeout = HEARTBEAT_PAIRING
-                else:
-                    timeout = None  # a training client may not write for minutes
-                try:  # asyncio.timeout, not wait_for: no task per message
-                    async with asyncio.timeout(timeout):
-                        raw = await ws.recv()
-                except TimeoutError:
-                    if conn.phase == AWAITING_HANDSHAKE:
-                        outputs = conn.handshake_timed_out(timeout or 0)
-                    else:
-                        outputs = conn.flush_heartbeat()
-                else:
-                    reader.arrived = time.perf_counter()
-                    outputs = conn.receive(raw)
-                for output in outputs:
-                    await self._perform(ws, conn, output, reader)
+            await self._converse(ws, conn, reader)
         except ConnectionClosed:
             pass
         finally:
@@ -455,6 +437,47 @@ class StreamServer:
                 conn.requests,
                 conn.errors,
             )
+
+    async def _open_stream(self, ws: ServerConnection) -> NamedStream | None:
+        """The stream the upgraded request names, made if it is new; None
+        (the connection closed) if the room `_check_request` saw went meanwhile."""
+        name = stream_name(urlsplit(ws.request.path).path, self.settings.path)
+        assert name is not None  # _check_request let only a stream's path through
+        try:
+            named = self.streams.open(name)
+        except Refused as refused:
+            logger.warning("%s: %s", peer_of(ws), refused.text)
+            await ws.close(TRY_AGAIN_LATER, "too many streams (--max-streams)")
+            return None
+        if self.keeper is not None and named.stream.listener is None:
+            self.keeper.watch(named)  # a new stream
+        return named
+
+    async def _converse(
+        self, ws: ServerConnection, conn: Connection, reader: Reader
+    ) -> None:
+        """Feed each message to the protocol core and do what it says,
+        until the connection is closed."""
+        while conn.phase != CLOSED:
+            if conn.phase == AWAITING_HANDSHAKE:
+                timeout: float | None = self.settings.handshake_timeout
+            elif conn.heartbeat_pending:
+                timeout = HEARTBEAT_PAIRING
+            else:
+                timeout = None  # a training client may not write for minutes
+            try:  # asyncio.timeout, not wait_for: no task per message
+                async with asyncio.timeout(timeout):
+                    raw = await ws.recv()
+            except TimeoutError:
+                if conn.phase == AWAITING_HANDSHAKE:
+                    outputs = conn.handshake_timed_out(timeout or 0)
+                else:
+                    outputs = conn.flush_heartbeat()
+            else:
+                reader.arrived = time.perf_counter()
+                outputs = conn.receive(raw)
+            for output in outputs:
+                await self._perform(ws, conn, output, reader)
 
     async def _perform(
         self, ws: ServerConnection, conn: Connection, out: Output, reader: Reader
@@ -505,81 +528,8 @@ class Reader:
     arrived: float = 0.0
 
 
-def http_response(ws: ServerConnection, body: bytes, content_type: str) -> Response:
-    """A 200 reply with `body`: websockets' own reply (its Date and
-    Connection headers), its text/plain body and headers replaced."""
-    response = ws.respond(HTTPStatus.OK, "")
-    del response.headers["Content-Type"]
-    del response.headers["Content-Length"]
-    response.headers["Content-Type"] = content_type
-    response.headers["Content-Length"] = str(len(body))
-    response.body = body
-    return response
-
-
-def json_response(ws: ServerConnection, body: dict[str, Any]) -> Response:
-    text = json.dumps(body) + "\n"
-    return http_response(ws, text.encode(), "application/json")
-
-
-def brief(status: dict[str, Any]) -> dict[str, Any]:
-    """A stream in brief, for /healthz and the status reply's "streams"."""
-    keys = ("phase", "epoch", "current_position", "max_iterations")
-    return {key: status[key] for key in keys} | {
-        "samples_served_total": status["samples_served_total"],
-        "open_connections": status["open_connections"],
-    }
-
-
 def peer_of(ws: ServerConnection) -> str:
     address = ws.remote_address
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return str(address)
-
-
-def describe_close(ws: ServerConnection) -> str:
-    sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
-    if sent is not None and not ws.protocol.close_rcvd_then_sent:
-        reason = f" {sent.reason!r}" if sent.reason else ""
-        return f"closed by the server: code {sent.code}{reason}"
-    if received is None:
-        return "no close frame from the client (normal for DataLoader workers)"
-    reason = f" {received.reason!r}" if received.reason else ""
-    return f"code {received.code}{reason}"
-
-
-class RedactFilter(logging.Filter):
-    """Replaces a secret (and its URL-encoded form) in log records.
-
-    websockets logs request lines ("GET /ws?token=...") at DEBUG level."""
-
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        self.secrets = sorted({secret, quote(secret, safe=""), quote_plus(secret)})
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in self.secrets):
-            for secret in self.secrets:
-                message = message.replace(secret, "<token>")
-            record.msg, record.args = message, None
-        return True
-
-
-def progress_line(status: dict[str, Any], rate: float) -> str:
-    """The periodic progress line of a stream, from its status and a rate."""
-    served, total = status["samples_served_in_pass"], status["samples_served_total"]
-    text = f"progress, stream {status['stream']}: {served:,} samples served"
-    text += " in this pass"
-    remaining = status["remaining_iterations"]
-    if remaining is not None:
-        whole = served + remaining
-        percent = 100 * served / whole if whole else 100.0
-        left = f"{remaining / rate:,.0f} s left" if rate > 0 else "time left unknown"
-        text += f" ({percent:.1f}% of {whole:,}, {left})"
-    streaming = status["connections_in_pass"]
-    return (
-        f"{text}, {total:,} in total; {rate:,.0f} samples/s; "
-        f"{streaming} connection{'' if streaming == 1 else 's'} streaming"
-    )

@@ -429,15 +429,18 @@ class SampleStream:
         self._served_total, self._rewinds = saved.served_total, saved.rewinds
         # Positions are resolved with the earlier ids skipped, as they were.
         cursor.set_skip(self._earlier)
-        front = [i for take in saved.unsent for i in take.front]
+        front: list[int] = []  # each unsent take's indices, in take order
         for take in saved.unsent:
+            front += take.front
             front += cursor.between(take.start, take.stop)
         cursor.restore(saved.epoch, saved.position, [*front, *saved.front])
         left = cursor.remaining()
+        per_epoch = self.num_samples
         self.resumed = Resumed(
             saved.epoch,
             self._served_in_epoch(),
-            None if self.num_samples is None else self.num_samples - len(self._earlier),
+            None if per_epoch is None else per_epoch - len(self._earlier),
+            pass_over=left == 0,
         )
         if left == 0:  # the saved pass is over: the next one starts afresh
             self._start = Progress()
