@@ -23,8 +23,9 @@ base64-encoded: a few bytes an id.
 
 Reading (`read_state`) checks everything and raises `StateError`, one line
 naming what is wrong and how to start afresh: a file from a newer format
-version, settings that differ from the server's, a corrupt or truncated
-line. One exception: a last line without its newline is what a write cut
+version, settings that differ from the server's (each named, on either
+side), a corrupt or truncated line, a file of another kind (its first line
+neither names the format nor looks like a state file's line). One exception: a last line without its newline is what a write cut
 short by a machine crash leaves; it is dropped and the state before it used
 (`ReadState.dropped`). statefile.py does the writing; this module no I/O.
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import zlib
 from array import array
 from collections.abc import Mapping
@@ -45,6 +47,15 @@ from eirstream.progress import Progress, StreamState, Take
 FORMAT = "eirstream-state"
 VERSION = 1
 AFRESH = "to start afresh, give another --state path or delete the file"
+NOT_STATE = "it is not an eirstream state file (line 1)"
+
+# What every state file's first line holds, and what any whole line looks
+# like: a first line with neither is some other file's, not a corrupt one
+# (one changed byte cannot take both away).
+_MARK = b'"format":"%s"' % FORMAT.encode()
+_BEGINNING = b"{" + _MARK  # how a state file begins
+_LINE = re.compile(rb"\{.*\}\t[0-9a-f]{8}", re.DOTALL)
+_UNSET = object()
 
 
 class StateError(ValueError):
@@ -168,8 +179,15 @@ def read_state(data: bytes, settings: Mapping[str, Any]) -> ReadState:
     lines = data.split(b"\n")
     read = ReadState(dropped=lines[-1] != b"")
     if read.dropped and len(lines) == 1:
+        if not _BEGINNING.startswith(data[: len(_BEGINNING)]):
+            raise StateError(NOT_STATE)
         raise StateError("the file is truncated: its first line has no end")
-    head = decode_line(lines[0], 1)
+    try:
+        head = decode_line(lines[0], 1)
+    except StateError:
+        if _MARK not in lines[0] and not _LINE.fullmatch(lines[0]):
+            raise StateError(NOT_STATE) from None
+        raise
     check_head(head, settings)
     streams = head.get("streams")
     if not isinstance(streams, dict):
@@ -210,7 +228,7 @@ def check_head(head: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
     """StateError unless the first line is a snapshot this server reads,
     written for the same `settings`."""
     if head.get("format") != FORMAT:
-        raise StateError("it is not an eirstream state file (line 1)")
+        raise StateError(NOT_STATE)
     version = head.get("version")
     if type(version) is not int:
         raise StateError("line 1 is corrupt (no format version)")
@@ -223,12 +241,17 @@ def check_head(head: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
     if not isinstance(saved, dict):
         raise StateError("line 1 is corrupt (no settings)")
     differ = [
-        f"{key} {saved.get(key)!r} in the file, {value!r} here"
-        for key, value in settings.items()
-        if saved.get(key) != value
+        f"{key} {_shown(saved, key)} in the file, {_shown(settings, key)} here"
+        for key in {**settings, **saved}
+        if saved.get(key, _UNSET) != settings.get(key, _UNSET)
     ]
     if differ:
         raise StateError(
             "it was written for other settings (" + "; ".join(differ) + "): the "
             f"samples or their order would differ; {AFRESH}"
         )
+
+
+def _shown(settings: Mapping[str, Any], key: str) -> str:
+    """A setting's value as the error names it."""
+    return repr(settings[key]) if key in settings else "not set"
