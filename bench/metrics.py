@@ -22,7 +22,11 @@ Each round runs every (scenario, variant) pair once, a scenario's variants
 back to back, every other round in reverse order (bench/rounds.py); a rate
 is the median of the rounds' steady rates (summed over the clients) and a
 ratio the median of the rounds' ratios, so two runs compared are always
-seconds apart. It prints the command and a markdown table.
+seconds apart. It prints the command and two markdown tables: the rates,
+and the CPU per sample served of the server process and its workers (less
+sensitive than a rate to other work on a shared machine). Then, measured
+in this process, what metrics add: the time to build one /metrics answer
+(1 and 8 streams) and the counting of one getData.
 
     git worktree add /tmp/before-streams 068f847
     python bench/metrics.py --baseline /tmp/before-streams
@@ -40,7 +44,8 @@ import statistics
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,12 @@ from bench.clients import Result, stream_from  # noqa: E402
 from bench.dataset_files import write_text_corpus  # noqa: E402
 from bench.rounds import HelpFormatter, median_ratio, run_rounds, step  # noqa: E402
 from bench.trees import Tree  # noqa: E402
+from data_simulator import SimulatedHealthData  # noqa: E402
+from eirstream.engines import ThreadEngine  # noqa: E402
+from eirstream.metrics import ServerMetrics  # noqa: E402
+from eirstream.readahead import SampleProducer  # noqa: E402
+from eirstream.stream import SampleStream  # noqa: E402
+from eirstream.streams import DEFAULT_STREAM, Counts, Streams  # noqa: E402
 
 SCRAPE_TIMEOUT = 30.0  # seconds one GET /metrics may take (guards a hang)
 # scenario: (clients, batch size, word chunks?)
@@ -146,26 +157,80 @@ def measure(args: argparse.Namespace, spec: Path, cache: Path) -> Measured:
     return Measured(runs, scrapes)
 
 
-def report(measured: Measured) -> dict[str, Any]:
-    """Print the markdown table; the numbers as a dict for --json."""
-    names = ("b / a", "c / a", "b / c")
-    head = ["scenario", BASELINE, SCRAPED, QUIET, *names]
+NAMES = ("b / a", "c / a", "b / c")
+
+
+def cpu_us(result: Result, loop_only: bool = False) -> float:
+    """CPU of the server process (and, unless `loop_only`, of its worker
+    processes) per sample the clients received during the run, in us."""
+    run = result.run
+    samples = sum(report["samples"] for report in run.streams())
+    cpu = run.server_cpu + (0.0 if loop_only else run.workers_cpu)
+    return 1e6 * cpu / samples
+
+
+def by_variant(measured: Measured, scenario: str, read: Any) -> list[list[float]]:
+    """`read(result)` of every round of `scenario`, for a, b and c."""
+    found = {
+        tree.label: [read(result) for result in results]
+        for (name, tree), results in measured.runs.items()
+        if name == scenario
+    }
+    return [found[BASELINE], found[SCRAPED], found[QUIET]]
+
+
+def ratios(a: list[float], b: list[float], c: list[float]) -> list[float]:
+    """b / a, c / a and b / c: medians of the rounds' ratios."""
+    return [median_ratio(b, a), median_ratio(c, a), median_ratio(b, c)]
+
+
+def markdown(head: Sequence[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    summary: dict[str, Any] = {}
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def report(measured: Measured) -> dict[str, Any]:
+    """Print the tables (rates; CPU per sample); the numbers for --json."""
+    head = ["scenario", BASELINE, SCRAPED, QUIET, *NAMES]
+    rate_rows, cpu_rows, summary = [], [], {}
     for scenario in SCENARIOS:
-        rates = {
-            tree.label: [result.total for result in results]
-            for (name, tree), results in measured.runs.items()
-            if name == scenario
-        }
-        a, b, c = rates[BASELINE], rates[SCRAPED], rates[QUIET]
-        ratios = [median_ratio(b, a), median_ratio(c, a), median_ratio(b, c)]
-        cells = [f"{statistics.median(r):,.0f} samples/s" for r in (a, b, c)]
-        lines.append(
-            "| " + " | ".join([scenario, *cells, *(f"{x:.3f}" for x in ratios)]) + " |"
+        rates = by_variant(measured, scenario, lambda result: result.total)
+        cpu = by_variant(measured, scenario, cpu_us)
+        loop = by_variant(measured, scenario, lambda r: cpu_us(r, loop_only=True))
+        rate_ratios, cpu_ratios, loop_ratios = (
+            ratios(*rates),
+            ratios(*cpu),
+            ratios(*loop),
         )
-        summary[scenario] = {"rates": rates, "ratios": ratios}
-    print("\n".join(lines))
+        rate_rows.append(
+            [scenario]
+            + [f"{statistics.median(r):,.0f} samples/s" for r in rates]
+            + [f"{x:.3f}" for x in rate_ratios]
+        )
+        cpu_rows.append(
+            [scenario]
+            + [
+                f"{statistics.median(c):.2f} us (loop {statistics.median(lo):.2f})"
+                for c, lo in zip(cpu, loop, strict=True)
+            ]
+            + [
+                f"{x:.3f} (loop {y:.3f})"
+                for x, y in zip(cpu_ratios, loop_ratios, strict=True)
+            ]
+        )
+        summary[scenario] = {
+            "rates": rates,
+            "rate_ratios": rate_ratios,
+            "cpu_us": cpu,
+            "loop_us": loop,
+            "cpu_ratios": cpu_ratios,
+            "loop_ratios": loop_ratios,
+        }
+    print("Rates (steady, summed over the clients):\n")
+    print(markdown(head, rate_rows))
+    print("\nCPU per sample served, the server process and its workers (loop: the")
+    print("server process alone); a ratio above 1 costs more:\n")
+    print(markdown(head, cpu_rows))
     print(
         f"\n/metrics answered {sum(measured.scrapes)} scrapes in all, "
         f"{min(measured.scrapes)} to {max(measured.scrapes)} a run of variant b"
@@ -173,11 +238,48 @@ def report(measured: Measured) -> dict[str, Any]:
     low = [
         f"{scenario}: {name} {ratio:.3f}"
         for scenario, found in summary.items()
-        for name, ratio in zip(names, found["ratios"], strict=True)
+        for name, ratio in zip(NAMES, found["rate_ratios"], strict=True)
         if ratio < 0.95
     ]
-    print("ratios below 0.95: " + ("; ".join(low) if low else "none"))
+    print("rate ratios below 0.95: " + ("; ".join(low) if low else "none"))
     return summary
+
+
+def best_seconds(call: Callable[[], object], times: int) -> float:
+    """Seconds one `call()` takes: the best of 5 runs of `times` calls."""
+    best = float("inf")
+    for _ in range(5):
+        began = time.perf_counter()
+        for _ in range(times):
+            call()
+        best = min(best, (time.perf_counter() - began) / times)
+    return best
+
+
+def added_costs() -> dict[str, float]:
+    """What metrics add, measured in this process on this tree: building one
+    /metrics answer with 1 and with 8 streams (ms), and the counting a
+    getData gets (two clock reads, the wait histogram, the counters; us)."""
+    source = SimulatedHealthData(max_iterations=1_000_000)
+    producer = SampleProducer(ThreadEngine(source))
+    costs = {}
+    for count in (1, 8):
+        streams = Streams(lambda name: SampleStream.for_source(source, name=name))
+        for k in range(count):
+            streams.open(DEFAULT_STREAM if k == 0 else f"run-{k}")
+        metrics = ServerMetrics(streams, producer.status)
+        costs[f"scrape_ms_{count}_streams"] = 1e3 * best_seconds(metrics.exposition, 50)
+    producer.close()
+    counts = Counts()
+
+    def get_data() -> None:
+        arrived = time.perf_counter()
+        counts.requests += 2  # the getData and its heartbeat
+        counts.waits.observe(time.perf_counter() - arrived)
+        counts.bytes_served += 30_000
+
+    costs["count_us_per_get_data"] = 1e6 * best_seconds(get_data, 100_000)
+    return costs
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -225,9 +327,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         measured = measure(args, corpus.spec, folder / "cache")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    step("timing a /metrics answer and a getData's counting in this process")
+    costs = added_costs()
     print()
     print(command)
     summary = report(measured)
+    print(
+        f"in this process: a /metrics answer takes "
+        f"{costs['scrape_ms_1_streams']:.2f} ms with 1 stream and "
+        f"{costs['scrape_ms_8_streams']:.2f} ms with 8; counting a getData "
+        f"{costs['count_us_per_get_data']:.2f} us"
+    )
+    summary["added_costs"] = costs
     if args.json:
         summary = {"command": command, "scrapes": measured.scrapes, **summary}
         Path(args.json).write_text(json.dumps(summary, indent=2))
