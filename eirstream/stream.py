@@ -110,18 +110,23 @@ class SampleStream:
        end of its last epoch, as a single-epoch pass does at its end. An
        unbounded stream, or one with endless epochs, never ends a pass, so
        rule 7 never refuses it.
-    8. Training starts at the *start point*: the first rewind after
-       validation ids arrive (the training's first reset) puts the cursor
-       there instead of at the start of epoch 0, once; every other rewind
-       goes to the start of epoch 0. A new stream's start point is the
-       start of epoch 0, so rule 4 is all there is to it. A stream resumed
-       from `--state` (`resume`) has its saved progress as start point: the
-       earliest index not sent, with the indices taken but not sent first.
-       Until its run sends validation ids (its setup), it skips none, so the
-       setup reads what the first run's setup read; from then on it skips
-       the new ids and every earlier run's. `progress` is what --state
-       writes: the start point until training starts, then the cursor, with
-       the takes whose replies were not sent yet (`sent` tells it).
+    8. Training starts at the *start point*: the first reset after
+       validation ids arrive (the training's first reset) starts it. If it
+       rewinds, the cursor goes to the start point instead of the start of
+       epoch 0, once; every other rewind goes to the start of epoch 0. If it
+       joins (the run's probes interleaved: each reset joins the others'),
+       training starts in the pass in progress. A new stream's start point
+       is the start of epoch 0, so rule 4 is all there is to it. A stream
+       resumed from `--state` (`resume`) has its saved progress as start
+       point: the earliest index not sent, with the indices taken but not
+       sent first. Until its run sends validation ids (its setup), it skips
+       none, so the setup reads what the first run's setup read; from then
+       on it skips the new ids and every earlier run's, and when they
+       arrive with no connection in the pass, the cursor goes to the start
+       point at once, so the probes read from there whichever reset comes
+       first. `progress` is what --state writes: the start point until
+       training starts, then the cursor, with the takes whose replies were
+       not sent yet (`sent` tells it).
 
     `peek` shows what the next takes would hand out, without taking it,
     across epoch boundaries too.
@@ -306,8 +311,7 @@ class SampleStream:
                 self._cursor.rewind()
                 self._served_in_pass = 0
             else:  # rule 8: training starts where the start point says
-                self._cursor.restore(start.epoch, start.position, start.front)
-                self._served_in_pass = start.served_in_pass
+                self._go_to_start(start)
                 self._start = None
             self._unsent.clear()
             self._seats.rewind(seat)
@@ -318,10 +322,17 @@ class SampleStream:
         returned = self._cursor.give_back(seat.probe_batch)
         self._served_in_pass -= returned
         self._seats.admit(seat, conn, self._cursor.remaining())
+        if self._validation_ids_set:  # rule 8: training starts in this pass
+            self._start = None
         self._changed("progress")
         return ResetOutcome(
             rewound=False, position=self._cursor.position, returned=returned
         )
+
+    def _go_to_start(self, start: Progress) -> None:
+        """The cursor to the start point (rule 8)."""
+        self._cursor.restore(start.epoch, start.position, start.front)
+        self._served_in_pass = start.served_in_pass
 
     def _changed(self, what: str) -> None:
         if self.listener is not None:
@@ -356,6 +367,12 @@ class SampleStream:
                 in_pass,
             )
         self._validation_ids_received = len(ids)
+        start = self._start if self.resumed is not None else None
+        if not self._validation_ids_set and start is not None and not in_pass:
+            # Rule 8: the run's probes read from the start point already, so
+            # training starts there even if no reset rewinds (its probes
+            # interleave, and each reset joins the others').
+            self._go_to_start(start)
         self._validation_ids_set = True
         self._changed("validation")
         return len(ids), len(skip)
