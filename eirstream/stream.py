@@ -182,6 +182,9 @@ class SampleStream:
         self._start: Progress | None = Progress()
         self._earlier: frozenset[int] = frozenset()  # earlier runs' validation ids
         self._unsent: dict[Hashable, Take] = {}  # taken, reply not sent yet
+        # Probes (rule 4) of connections that have not reset yet: a join
+        # gives them back, so they are not counted as sent.
+        self._probes: dict[Hashable, tuple[int, ...]] = {}
         self.resumed: Resumed | None = None
         # Called with "progress" or "validation" when a reset or new
         # validation ids change what --state keeps (sends are the caller's).
@@ -261,6 +264,7 @@ class SampleStream:
         """Forget a connection; the cursor and the others are untouched."""
         self._seats.drop(conn)
         self._unsent.pop(conn, None)  # its reply will never be sent: gone
+        self._probes.pop(conn, None)
 
     @property
     def open_connections(self) -> int:
@@ -290,6 +294,10 @@ class SampleStream:
         self._served_in_pass += len(out)
         self._served_total += len(out)
         self._seats.served(seat, out, count)
+        if seat.probe_batch:
+            self._probes[conn] = seat.probe_batch
+        else:  # (a second take: the first was no probe)
+            self._probes.pop(conn, None)
         return out
 
     def sent(self, conn: Hashable) -> None:
@@ -314,12 +322,14 @@ class SampleStream:
                 self._go_to_start(start)
                 self._start = None
             self._unsent.clear()
+            self._probes.clear()
             self._seats.rewind(seat)
             self._rewinds += 1
             self._changed("progress")
             cursor = self._cursor
             return ResetOutcome(True, cursor.position, 0, cursor.epoch, resumed)
         returned = self._cursor.give_back(seat.probe_batch)
+        self._probes.pop(conn, None)
         self._served_in_pass -= returned
         self._seats.admit(seat, conn, self._cursor.remaining())
         if self._validation_ids_set:  # rule 8: training starts in this pass
@@ -414,7 +424,8 @@ class SampleStream:
     # -- what --state keeps (rule 8) ---------------------------------------
     def progress(self) -> Progress:
         """Where training stands: the start point while training has not
-        started in this server, else the cursor with the unsent takes."""
+        started in this server, else the cursor with the unsent takes and
+        the probes not given back yet."""
         counters = {
             "served_total": self._served_total,
             "served_in_pass": self._served_in_pass,
@@ -423,12 +434,14 @@ class SampleStream:
         if self._start is not None:  # its own count in its pass
             del counters["served_in_pass"]
             return replace(self._start, **counters)
-        cursor = self._cursor
+        cursor, unsent = self._cursor, self._unsent
+        # A probe's reply was sent, but its reset gives it back (rule 4).
+        probes = [i for c, got in self._probes.items() if c not in unsent for i in got]
         return Progress(
             cursor.epoch,
             cursor.position,
-            cursor.front,
-            tuple(self._unsent.values()),
+            (*cursor.front, *probes) if probes else cursor.front,
+            tuple(unsent.values()),
             **counters,
         )
 
