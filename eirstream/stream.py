@@ -11,6 +11,7 @@ only integers.
 """
 
 import logging
+from bisect import bisect_left
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -465,10 +466,11 @@ class SampleStream:
             front += cursor.between(take.start, take.stop)
         cursor.restore(saved.epoch, saved.position, [*front, *saved.front])
         left = cursor.remaining()
+        epoch, served = self._served_in_epoch()
         per_epoch = self.num_samples
         self.resumed = Resumed(
-            saved.epoch,
-            self._served_in_epoch(),
+            epoch,
+            served,
             None if per_epoch is None else per_epoch - len(self._earlier),
             pass_over=left == 0,
         )
@@ -484,13 +486,24 @@ class SampleStream:
         cursor.set_skip(())  # the setup reads what the first run's setup read
         cursor.rewind()
 
-    def _served_in_epoch(self) -> int:
-        """Samples of the cursor's epoch sent (the cursor as restored)."""
+    def _served_in_epoch(self) -> tuple[int, int]:
+        """How far the saved pass had come, as (epoch, samples of it sent):
+        the samples sent in the pass counted from the cursor as restored
+        (its front holds every index taken but not sent, some maybe from
+        the epoch before), and the epoch that count reaches into."""
         cursor = self._cursor
         left = cursor.left_in_epoch()
-        if left is None or self.num_samples is None:
-            return cursor.position
-        return max(self.num_samples - len(cursor.skip) - left, 0)
+        if left is None or self.num_samples is None:  # one endless epoch
+            before = bisect_left(cursor.sorted_skip(), cursor.position)
+            return 0, max(cursor.position - before - cursor.returned, 0)
+        per_epoch = self.num_samples - len(cursor.skip)
+        if per_epoch <= 0:
+            return cursor.epoch, 0
+        sent = max(per_epoch * (cursor.epoch + 1) - left, 0)  # in the pass
+        epoch = sent // per_epoch
+        if self.epochs is not None:  # the last epoch's end is in it
+            epoch = min(epoch, self.epochs - 1)
+        return epoch, sent - epoch * per_epoch
 
 
 def epoch_order(source: SampleSource, seed: int) -> EpochOrder:
