@@ -37,6 +37,9 @@ class Progress:
     served_total: int = 0  # samples sent since the stream was first made
     served_in_pass: int = 0
     rewinds: int = 0
+    # Rule 7 ended the pass (its final level is fixed): what it left over
+    # is not served in it, so a resumed stream starts a new pass.
+    over: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,19 @@ lines before said of it:
 
 A progress object is a `Progress` (progress.py): `epoch`, `position`,
 `front` (indices), `unsent` (takes not sent: [front indices, start epoch,
-start position, stop epoch, stop position]), `sent`, `sent_in_pass` and
-`rewinds`. Validation ids are kept as sample indices, sorted, their
-differences as unsigned 64-bit little-endian integers, zlib-compressed and
-base64-encoded: a few bytes an id.
+start position, stop epoch, stop position]), `sent`, `sent_in_pass`,
+`rewinds`, and `over`: true when rule 7 ended the pass (left out when
+false; a file without it reads as false). Validation ids are kept as
+sample indices, sorted, their differences as unsigned 64-bit little-endian
+integers, zlib-compressed and base64-encoded: a few bytes an id.
 
 Reading (`read_state`) checks everything and raises `StateError`, one line
 naming what is wrong and how to start afresh: a file from a newer format
 version, settings that differ from the server's (each named, on either
 side), a corrupt or truncated line, a file of another kind (its first line
-neither names the format nor looks like a state file's line). One exception: a last line without its newline is what a write cut
-short by a machine crash leaves; it is dropped and the state before it used
+neither names the format nor looks like a state file's line). One
+exception: a last line without its newline is what a write cut short by a
+machine crash leaves; it is dropped and the state before it used
 (`ReadState.dropped`). statefile.py does the writing; this module no I/O.
 """
 
@@ -85,7 +87,7 @@ def decode_line(line: bytes, number: int) -> dict[str, Any]:
 
 # -- the parts of a record ------------------------------------------------------
 def encode_progress(progress: Progress) -> dict[str, Any]:
-    return {
+    encoded = {
         "epoch": progress.epoch,
         "position": progress.position,
         "front": list(progress.front),
@@ -94,6 +96,9 @@ def encode_progress(progress: Progress) -> dict[str, Any]:
         "sent_in_pass": progress.served_in_pass,
         "rewinds": progress.rewinds,
     }
+    if progress.over:
+        encoded["over"] = True
+    return encoded
 
 
 def decode_progress(value: Any) -> Progress:
@@ -110,9 +115,12 @@ def decode_progress(value: Any) -> Progress:
         counts += ends
     if not all(type(n) is int and n >= 0 for n in counts):
         raise ValueError("counts must be integers, 0 or more")
+    over = value.get("over", False)
+    if type(over) is not bool:
+        raise ValueError(f"over must be true or false, got {over!r:.20}")
     epoch, position, sent, in_pass, rewinds = counts[:5]
     return Progress(
-        epoch, position, _indices(front), tuple(unsent), sent, in_pass, rewinds
+        epoch, position, _indices(front), tuple(unsent), sent, in_pass, rewinds, over
     )
 
 

@@ -120,7 +120,9 @@ class SampleStream:
        is the start of epoch 0, so rule 4 is all there is to it. A stream
        resumed from `--state` (`resume`) has its saved progress as start
        point: the earliest index not sent, with the indices taken but not
-       sent first. Until its run sends validation ids (its setup), it skips
+       sent first; a saved pass that was over (all sent, or ended by rule
+       7, its remainder left over) gives a new pass from the start of
+       epoch 0 instead. Until its run sends validation ids (its setup), it skips
        none, so the setup reads what the first run's setup read; from then
        on it skips the new ids and every earlier run's, and when they
        arrive with no connection in the pass, the cursor goes to the start
@@ -444,6 +446,7 @@ class SampleStream:
             (*cursor.front, *probes) if probes else cursor.front,
             tuple(unsent.values()),
             **counters,
+            over=self._seats.final_level is not None,  # rule 7 ended the pass
         )
 
     def state(self) -> StreamState:
@@ -465,16 +468,16 @@ class SampleStream:
             front += take.front
             front += cursor.between(take.start, take.stop)
         cursor.restore(saved.epoch, saved.position, [*front, *saved.front])
-        left = cursor.remaining()
+        over = saved.over or cursor.remaining() == 0
         epoch, served = self._served_in_epoch()
         per_epoch = self.num_samples
         self.resumed = Resumed(
             epoch,
             served,
             None if per_epoch is None else per_epoch - len(self._earlier),
-            pass_over=left == 0,
+            pass_over=over,
         )
-        if left == 0:  # the saved pass is over: the next one starts afresh
+        if over:  # the saved pass is over: the next one starts afresh
             self._start = Progress()
         else:
             self._start = Progress(
