@@ -39,6 +39,7 @@ progresses = st.builds(
     served_total=counts,
     served_in_pass=counts,
     rewinds=counts,
+    over=st.booleans(),
 )
 validations = st.sets(indices, max_size=300).map(lambda ids: tuple(sorted(ids)))
 names = st.sampled_from(["default", "run-a", "run.b_2", "x" * 64])
@@ -267,6 +268,8 @@ GOOD = encode_progress(Progress(1, 2, (3,), (Take((4,), (1, 2), (1, 5)),)))
         {**GOOD, "unsent": [[[4], 1, 2, 1, None]]},
         {k: v for k, v in GOOD.items() if k != "position"},
         [1, 2, 0, [], []],
+        {**GOOD, "over": 1},
+        {**GOOD, "over": "yes"},
     ],
 )
 def test_malformed_progress_is_corrupt_and_names_the_stream(progress: object) -> None:
@@ -290,6 +293,17 @@ def test_an_update_that_names_no_stream_is_corrupt() -> None:
 def test_an_update_with_an_unknown_part_is_corrupt() -> None:
     data = head(ONE) + line({"stream": "default", "position": 4})
     assert "line 2 is corrupt" in problem(data)
+
+
+def test_a_pass_that_was_over_says_so_and_a_file_without_it_was_not() -> None:
+    over = encode_progress(Progress(0, 90, over=True))
+    assert over["over"] is True
+    assert "over" not in encode_progress(Progress(0, 90))  # as before it existed
+    data = head(ONE) + line({"stream": "default", "progress": over})
+    assert read_state(data, SETTINGS).streams["default"].progress.over
+    older = {k: v for k, v in GOOD.items() if k != "over"}
+    data = head(ONE) + line({"stream": "default", "progress": older})
+    assert not read_state(data, SETTINGS).streams["default"].progress.over
 
 
 def test_each_line_is_one_json_object_a_tab_its_crc_and_a_newline() -> None:
