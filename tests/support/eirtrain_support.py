@@ -9,11 +9,12 @@ settings to shrink, and it
   (`write_shrunk_configs`; YAML is read with the Python of eirtrain's own
   environment, which has PyYAML, and written back as JSON, which is YAML),
 * runs eirtrain with a timeout (`run_eirtrain`) and reads its run folder
-  (`generated_samples`, `last_logged_iteration`),
+  (`generated_samples`, `last_logged_iteration`, `last_checkpoint`),
 * reads what our server logs at DEBUG level (`parse_stream_log`): every
   request, the stream indices of every `data` reply, the validation indices
   and `terminate`, and the stream's own lines (the end of a pass); each
-  connection's named stream, and the story of one named stream alone.
+  connection's named stream, and the story of one named stream alone; what
+  the setup read and what training read.
 
 eirtrain is looked up in $EIR_ENV_DIR/bin (default /tmp/eirenv), then on PATH;
 every test under tests/eirtrain skips without it, or fails where the run
@@ -246,6 +247,23 @@ def last_logged_iteration(output_folder: Path) -> int:
     return int(rows[-1].split(",")[0]) if rows else 0
 
 
+_CHECKPOINT = re.compile(r"_checkpoint_(\d+)(?:_|\.pt$)")
+
+
+def last_checkpoint(output_folder: Path) -> Path | None:
+    """The checkpoint of the latest iteration a run saved (its
+    saved_models/, with `checkpoint_interval`), None before the first.
+
+    The one to give a new run as `model.pretrained_checkpoint`; keep them
+    all (`n_saved_models`), as EIR otherwise keeps the best scored ones."""
+    saved = [
+        (int(found.group(1)), path)
+        for path in (output_folder / "saved_models").glob("*.pt")
+        if (found := _CHECKPOINT.search(path.name))
+    ]
+    return max(saved)[1] if saved else None
+
+
 # -- our server's DEBUG log --------------------------------------------------
 def parse_ranges(text: str) -> list[int]:
     """ "0,2-5,9" -> [0, 2, 3, 4, 5, 9] (the server's `index_ranges`)."""
@@ -286,6 +304,12 @@ class StreamLog:
         after the first rank's training connections opened.)"""
         after = min(self.validation_connections, default=0)
         return [c for c in self.ordered() if c.id > after and c.batches]
+
+    def setup_deliveries(self) -> list[int]:
+        """Indices served to the run's setup: after the probe reset of the
+        connections opened before the validation ids were first set."""
+        before = min(self.validation_connections, default=0)
+        return [i for c in self.ordered() if c.id < before for i in c.after_reset]
 
     def training_deliveries(self) -> list[int]:
         """Indices served for training: after each training connection's probe
