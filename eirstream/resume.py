@@ -16,6 +16,7 @@ import hashlib
 import logging
 from typing import Any
 
+from eirstream.progress import StreamState
 from eirstream.settings import Settings
 from eirstream.sources import SampleSource
 from eirstream.state import StateError
@@ -76,7 +77,8 @@ class Keeper:
                     f"--state {path} keeps {len(read.streams)} streams, more than "
                     f"--max-streams {streams.max_streams}: give a larger --max-streams"
                 ) from None
-            named.stream.resume(state)
+            if state != StreamState():  # a stream nobody used: nothing to resume
+                named.stream.resume(state)
 
     def watch(self, named: NamedStream) -> None:
         """Write `named`'s changes from now on (a stream made since: its

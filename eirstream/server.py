@@ -500,6 +500,8 @@ class StreamServer:
                 counts.errors += 1
                 await ws.send(json.dumps(error(text).message))
                 return
+            if ws.state is not State.OPEN:  # closing: the reply would not leave,
+                return  # so its take is not marked sent (--state keeps it unsent)
             counts.waits.observe(time.perf_counter() - reader.arrived)
             counts.bytes_served += len(message)
             reader.named.stream.sent(conn.id)
