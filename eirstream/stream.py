@@ -266,8 +266,9 @@ class SampleStream:
     def disconnect(self, conn: Hashable) -> None:
         """Forget a connection; the cursor and the others are untouched."""
         self._seats.drop(conn)
-        self._unsent.pop(conn, None)  # its reply will never be sent: gone
-        self._probes.pop(conn, None)
+        # Its take whose reply was not sent, and its probe, are lost to this
+        # pass (rule 5), but not sent: `progress` keeps them as such (until
+        # the next rewind), so a stream resumed from it serves them.
 
     @property
     def open_connections(self) -> int:
