@@ -129,7 +129,10 @@ class SampleStream:
        point at once, so the probes read from there whichever reset comes
        first. `progress` is what --state writes: the start point until
        training starts, then the cursor, with the takes whose replies were
-       not sent yet (`sent` tells it).
+       not sent yet (`sent` tells it). A rewind to the start of epoch 0
+       after training began may be a later run's setup: `progress` then
+       keeps what training had reached until that run's validation ids
+       arrive and a reset after them starts its training.
 
     `peek` shows what the next takes would hand out, without taking it,
     across epoch boundaries too.
@@ -184,6 +187,11 @@ class SampleStream:
         # Rule 8: where training starts, until the first training rewind.
         self._start: Progress | None = Progress()
         self._earlier: frozenset[int] = frozenset()  # earlier runs' validation ids
+        # Rule 8: the progress of the training before a rewind, kept while
+        # a later run's setup reads, until that run's validation ids
+        # (`_new_ids`) and its first reset start its training.
+        self._trained: Progress | None = None
+        self._new_ids = False
         self._unsent: dict[Hashable, Take] = {}  # taken, reply not sent yet
         # Probes (rule 4) of connections that have not reset yet: a join
         # gives them back, so they are not counted as sent.
@@ -320,6 +328,7 @@ class SampleStream:
             start = self._start if self._validation_ids_set else None
             resumed = start is not None and self.resumed is not None
             if start is None:
+                self._keep_training(self.progress())
                 self._cursor.rewind()
                 self._served_in_pass = 0
             else:  # rule 8: training starts where the start point says
@@ -338,10 +347,24 @@ class SampleStream:
         self._seats.admit(seat, conn, self._cursor.remaining())
         if self._validation_ids_set:  # rule 8: training starts in this pass
             self._start = None
+            if self._new_ids:
+                self._trained = None
         self._changed("progress")
         return ResetOutcome(
             rewound=False, position=self._cursor.position, returned=returned
         )
+
+    def _keep_training(self, before: Progress) -> None:
+        """A rewind to the start of epoch 0 (rule 8): after training began,
+        the first one may be a later run's setup, so `progress` keeps what
+        training had reached (`before`) until that run's validation ids come
+        and a reset after them starts its training."""
+        if self._start is not None:  # training has not started yet
+            return
+        if self._trained is None:
+            self._trained, self._new_ids = before, False
+        elif self._new_ids:  # the new run's training starts here
+            self._trained = None
 
     def _go_to_start(self, start: Progress) -> None:
         """The cursor to the start point (rule 8)."""
@@ -381,6 +404,7 @@ class SampleStream:
                 in_pass,
             )
         self._validation_ids_received = len(ids)
+        self._new_ids = True
         start = self._start if self.resumed is not None else None
         if not self._validation_ids_set and start is not None and not in_pass:
             # Rule 8: the run's probes read from the start point already, so
@@ -428,16 +452,18 @@ class SampleStream:
     # -- what --state keeps (rule 8) ---------------------------------------
     def progress(self) -> Progress:
         """Where training stands: the start point while training has not
-        started in this server, else the cursor with the unsent takes and
-        the probes not given back yet."""
+        started in this server, what it had reached while a later run's
+        setup reads, else the cursor with the unsent takes and the probes
+        not given back yet."""
         counters = {
             "served_total": self._served_total,
             "served_in_pass": self._served_in_pass,
             "rewinds": self._rewinds,
         }
-        if self._start is not None:  # its own count in its pass
+        kept = self._start if self._start is not None else self._trained
+        if kept is not None:  # its own count in its pass
             del counters["served_in_pass"]
-            return replace(self._start, **counters)
+            return replace(kept, **counters)
         cursor, unsent = self._cursor, self._unsent
         # A probe's reply was sent, but its reset gives it back (rule 4).
         probes = [i for c, got in self._probes.items() if c not in unsent for i in got]
