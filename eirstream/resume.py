@@ -86,9 +86,11 @@ class Keeper:
         stream = named.stream
 
         def changed(what: str) -> None:
-            if what == "validation":
-                self.file.validation(named.name, stream.state().validation)
-            self.file.progress(named.name, stream.progress())
+            if what == "validation":  # one line: ids and progress together
+                state = stream.state()
+                self.file.validation(named.name, state.validation, state.progress)
+            else:
+                self.file.progress(named.name, stream.progress())
 
         stream.listener = changed
         if named.name not in self.file.encoded:

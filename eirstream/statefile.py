@@ -32,10 +32,11 @@ from eirstream.progress import Progress
 from eirstream.state import (
     ReadState,
     StateError,
-    progress_update,
+    encode_indices,
+    encode_line,
+    encode_progress,
     read_state,
     snapshot,
-    validation_update,
 )
 
 logger = logging.getLogger("eirstream.state")
@@ -84,15 +85,22 @@ class StateFile:
     # -- updates -------------------------------------------------------------
     def progress(self, name: str, progress: Progress) -> None:
         """Write a stream's progress (before its reply leaves)."""
-        line, encoded = progress_update(name, progress)
-        self.encoded.setdefault(name, {})["progress"] = encoded
-        self._append(line)
+        self._update(name, {"progress": encode_progress(progress)})
 
-    def validation(self, name: str, indices: tuple[int, ...]) -> None:
-        """Write a stream's validation ids (as sorted indices)."""
-        line, encoded = validation_update(name, indices)
-        self.encoded.setdefault(name, {})["validation"] = encoded
-        self._append(line)
+    def validation(
+        self, name: str, indices: tuple[int, ...], progress: Progress | None = None
+    ) -> None:
+        """Write a stream's validation ids (as sorted indices), with its
+        `progress` in the same line if given: a stream's first line has
+        both, so no file holds a stream without its progress."""
+        parts: dict[str, Any] = {"validation": encode_indices(indices)}
+        if progress is not None:
+            parts["progress"] = encode_progress(progress)
+        self._update(name, parts)
+
+    def _update(self, name: str, parts: dict[str, Any]) -> None:
+        self.encoded.setdefault(name, {}).update(parts)
+        self._append(encode_line({"stream": name, **parts}))
 
     def _append(self, line: bytes) -> None:
         self.updates += 1
