@@ -15,8 +15,9 @@ the file: written to a temporary file beside it, flushed to disk, then
 renamed over it, so a reader sees the old file or the new one, never half
 of one. A write that fails (a full disk, say) leaves the last good state
 in place: an append cut short is cut off again, a failed snapshot is
-removed. The server logs one warning and goes on serving; the next update
-that is written brings the file up to date.
+removed. The server logs one warning and goes on serving; from then on
+each update writes a snapshot instead of its line, and the first that is
+written brings the file up to date, the updates lost meanwhile with it.
 """
 
 from __future__ import annotations
@@ -104,6 +105,16 @@ class StateFile:
 
     def _append(self, line: bytes) -> None:
         self.updates += 1
+        if self._failing is not None:
+            # Updates were lost since: a snapshot of every stream, this
+            # update with them, brings the file up to date.
+            problem = self._compact()
+            if problem:
+                self._failed(OSError(problem))
+                return
+            logger.warning("state file %s: writing again", self.path)
+            self._failing = None
+            return
         try:
             written = os.write(self._fd, line)
             if written != len(line):
@@ -115,13 +126,9 @@ class StateFile:
             return
         self._size += written
         self._dirty = True
-        if self._failing:
-            logger.warning("state file %s: writing again", self.path)
-            self._failing = None
         if self._size - self._snapshot_size > COMPACT_AFTER:
             problem = self._compact()
-            if problem:  # the file grows on; try again after as many updates
-                self._snapshot_size = self._size
+            if problem:  # the file is whole; the next update tries again
                 self._failed(OSError(problem))
 
     def _failed(self, exc: OSError) -> None:
