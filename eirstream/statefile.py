@@ -69,14 +69,14 @@ class StateFile:
         state = cls(Path(path), settings)
         try:
             data = state.path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # (writing says why)
             read = ReadState()
         except OSError as exc:
             raise StateError(f"cannot read it: {exc.strerror or exc}") from None
         else:
             read = read_state(data, state.settings)
         state.encoded = {name: dict(parts) for name, parts in read.encoded.items()}
-        if state.path.exists() and not os.access(state.path, os.W_OK):
+        if state.path.exists() and not _writable(state.path):
             raise StateError("cannot write it: the file is read-only")
         problem = state._compact()
         if problem:
@@ -196,6 +196,13 @@ class StateFile:
             "updates": self.updates,
             "failed_writes": self.failures,
         }
+
+
+def _writable(path: Path) -> bool:
+    """Whether the file is for writing: its mode lets someone write it (root
+    may write any file, but one made read-only is left alone) and this
+    process may."""
+    return bool(path.stat().st_mode & 0o222) and os.access(path, os.W_OK)
 
 
 def _sync_folder(folder: Path) -> None:
