@@ -148,21 +148,25 @@ class StateFile:
         flushed, renamed over); why not, or None."""
         body = snapshot(self.settings, self.encoded)
         temporary = self.path.with_name(self.path.name + ".tmp")
+        # Appends go on through the temporary's own descriptor, which follows
+        # it through the rename: the file is never opened again after it (an
+        # open that failed then, with no descriptor left, say, left the
+        # appends going to the replaced file).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        new = -1
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                if os.write(fd, body) != len(body):
-                    raise OSError("short write")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            new = os.open(temporary, flags, 0o644)
+            if os.write(new, body) != len(body):
+                raise OSError("short write")
+            os.fsync(new)
             os.replace(temporary, self.path)
-            _sync_folder(self.path.parent)
-            new = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
+            if new >= 0:
+                os.close(new)
             with contextlib.suppress(OSError):
                 temporary.unlink()
             return str(exc.strerror or exc)
+        _sync_folder(self.path.parent)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._size, self._snapshot_size = new, len(body), len(body)
