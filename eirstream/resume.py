@@ -19,7 +19,7 @@ from typing import Any
 from eirstream.progress import StreamState
 from eirstream.settings import Settings
 from eirstream.sources import SampleSource
-from eirstream.state import StateError
+from eirstream.state import AFRESH, StateError
 from eirstream.statefile import StateFile
 from eirstream.streams import NamedStream, Refused, Streams
 
@@ -58,7 +58,7 @@ class Keeper:
         assert path is not None
         self.sync_seconds = settings.state_sync
         try:
-            self.file, read = StateFile.open(path, fingerprint(settings, source))
+            self.file, read = StateFile.read(path, fingerprint(settings, source))
         except StateError as exc:
             raise ValueError(f"--state {path}: {exc}") from None
         if read.dropped:
@@ -74,11 +74,23 @@ class Keeper:
                 named = streams.open(name)
             except Refused:
                 raise ValueError(
-                    f"--state {path} keeps {len(read.streams)} streams, more than "
-                    f"--max-streams {streams.max_streams}: give a larger --max-streams"
+                    f"--state {path}: it keeps {len(read.streams)} streams, more "
+                    f"than --max-streams {streams.max_streams}: give a larger "
+                    "--max-streams"
                 ) from None
-            if state != StreamState():  # a stream nobody used: nothing to resume
+            if state == StreamState():  # a stream nobody used: nothing to resume
+                continue
+            try:
                 named.stream.resume(state)
+            except ValueError as exc:  # it does not fit this server's pass
+                raise ValueError(
+                    f"--state {path}: stream {name!r} cannot be resumed: {exc}; "
+                    f"{AFRESH}"
+                ) from None
+        try:  # written from here on: nothing above refused it
+            self.file.begin()
+        except StateError as exc:
+            raise ValueError(f"--state {path}: {exc}") from None
 
     def watch(self, named: NamedStream) -> None:
         """Write `named`'s changes from now on (a stream made since: its

@@ -1,14 +1,16 @@
 """Writing the state file (`--state PATH`; its format is state.py's).
 
 `StateFile.open` reads and checks the file (or makes it), and writes a
-fresh snapshot in its place. From then on every update is one line
-appended with one `write` call: a sample's update is in the file before
-its reply is handed to the socket, so a server killed at any moment (even
-with SIGKILL) leaves a file that names every sample sent. The operating
-system writes the file to disk in its own time; `sync` forces it (the
-server calls it every `--state-sync` seconds), so a machine that crashes
-loses at most that interval's updates, and their samples are sent again
-(never skipped: a lost update only makes the file older).
+fresh snapshot in its place (`read`, then `begin`: the server resumes its
+streams in between, so a file they do not fit is left untouched). From
+then on every update is one line appended with one `write` call: a
+sample's update is in the file before its reply is handed to the socket,
+so a server killed at any moment (even with SIGKILL) leaves a file that
+names every sample sent. The operating system writes the file to disk in
+its own time; `sync` forces it (the server calls it every `--state-sync`
+seconds), so a machine that crashes loses at most that interval's updates,
+and their samples are sent again (never skipped: a lost update only makes
+the file older).
 
 When the updates outgrow `COMPACT_AFTER` bytes, a new snapshot replaces
 the file: written to a temporary file beside it, flushed to disk, then
@@ -63,9 +65,21 @@ class StateFile:
         cls, path: str, settings: Mapping[str, Any]
     ) -> tuple[StateFile, ReadState]:
         """The state file at `path` for a server with `settings`, and what it
-        held (nothing for a new file). StateError, one line, for a file
-        this server cannot use or a path it cannot write; the file is left
-        as it is then."""
+        held (nothing for a new file): `read`, then `begin`. StateError, one
+        line, for a file this server cannot use or a path it cannot write;
+        the file is left as it is then."""
+        state, read = cls.read(path, settings)
+        state.begin()
+        return state, read
+
+    @classmethod
+    def read(
+        cls, path: str, settings: Mapping[str, Any]
+    ) -> tuple[StateFile, ReadState]:
+        """`open` up to writing: what the file holds, checked, and the state
+        file to `begin` once the caller has checked it too (nothing written
+        yet, so a refusal leaves the file as it is). StateError, one line,
+        for a file this server cannot use."""
         state = cls(Path(path), settings)
         try:
             data = state.path.read_bytes()
@@ -76,12 +90,16 @@ class StateFile:
         else:
             read = read_state(data, state.settings)
         state.encoded = {name: dict(parts) for name, parts in read.encoded.items()}
-        if state.path.exists() and not _writable(state.path):
+        return state, read
+
+    def begin(self) -> None:
+        """Write a fresh snapshot in place of the file read; StateError if
+        the path cannot be written (the file is left as it is then)."""
+        if self.path.exists() and not _writable(self.path):
             raise StateError("cannot write it: the file is read-only")
-        problem = state._compact()
+        problem = self._compact()
         if problem:
             raise StateError(f"cannot write it: {problem}")
-        return state, read
 
     # -- updates -------------------------------------------------------------
     def progress(self, name: str, progress: Progress) -> None:
