@@ -143,7 +143,10 @@ class Cursor:
                 f"position {position} is outside an epoch of {self.num_samples}"
             )
         if epoch < 0 or (self.epochs is not None and epoch >= self.epochs):
-            raise ValueError(f"epoch {epoch} is outside a pass of {self.epochs}")
+            raise ValueError(
+                f"it stopped in epoch {epoch}, past the {self.epochs} epoch(s) of "
+                "a pass here: give a larger --epochs"
+            )
         self.epoch, self.position = epoch, position
         self._front = deque(i for i in front if i not in self._skip)
 
