@@ -308,6 +308,22 @@ def test_a_file_for_other_settings_is_refused_and_left_as_it_is(
     assert path.read_bytes() == before
 
 
+def test_reading_writes_nothing_until_begin(tmp_path: Path) -> None:
+    """What the server checks after reading (do its streams fit?) can still
+    refuse the file: it is not written before `begin`."""
+    path = tmp_path / "run.state"
+    state, _ = StateFile.open(str(path), SETTINGS)
+    state.progress("default", Progress(0, 5))
+    os.close(state._fd)  # a killed server: no last snapshot
+    before, inode = path.read_bytes(), path.stat().st_ino
+    again, held = StateFile.read(str(path), SETTINGS)
+    assert held.streams == {"default": StreamState(Progress(0, 5))}
+    assert path.read_bytes() == before and path.stat().st_ino == inode
+    again.begin()
+    assert path.stat().st_ino != inode and read(path) == held.streams
+    again.close()
+
+
 def test_a_last_line_cut_short_is_dropped_and_the_rest_kept(tmp_path: Path) -> None:
     path = tmp_path / "run.state"
     state, _ = StateFile.open(str(path), SETTINGS)
