@@ -59,6 +59,7 @@ class StateFile:
         self._size = self._snapshot_size = 0  # bytes written and good
         self._failing: str | None = None  # why the last write failed
         self._dirty = False  # written since the last sync
+        self._closed = False  # after `close`: nothing is written again
 
     @classmethod
     def open(
@@ -122,6 +123,8 @@ class StateFile:
         self._append(encode_line({"stream": name, **parts}))
 
     def _append(self, line: bytes) -> None:
+        if self._closed:  # (a reply finished while the server stopped)
+            return
         self.updates += 1
         if self._failing is not None:
             # Updates were lost since: a snapshot of every stream, this
@@ -194,6 +197,8 @@ class StateFile:
     def sync(self) -> None:
         """Flush what was written to disk (call it off the event loop)."""
         fd, self._dirty = self._fd, False
+        if fd < 0:  # closed: the last snapshot was synced
+            return
         # (fd closed by a snapshot meanwhile: that one was synced)
         with contextlib.suppress(OSError):
             os.fsync(fd)
@@ -204,8 +209,9 @@ class StateFile:
 
     def close(self) -> None:
         """A last snapshot, flushed; the file is not written again."""
-        if self._fd < 0:
+        if self._closed or self._fd < 0:
             return
+        self._closed = True
         if self._compact():
             self.sync()
         os.close(self._fd)
