@@ -149,6 +149,29 @@ def test_close_leaves_one_snapshot_and_writes_no_more(tmp_path: Path) -> None:
     assert read(path) == {"default": StreamState(Progress(0, 49))}
 
 
+def test_an_update_after_close_writes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply finished while the server stops comes after the last
+    snapshot: the file stays that snapshot, and nothing is logged."""
+    caplog.set_level(logging.WARNING, "eirstream.state")
+    path = tmp_path / "run.state"
+    state, _ = StateFile.open(str(path), SETTINGS)
+    state.progress("default", Progress(0, 3))
+    state.close()
+    closed = file_as_is(path)
+    state.progress("default", Progress(0, 9))
+    state.validation("default", (1,), Progress(0, 9))
+    state.sync()
+    assert file_as_is(path) == closed and not warnings(caplog)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.state"]
+
+
+def file_as_is(path: Path) -> tuple[bytes, int, int]:
+    stat = path.stat()
+    return path.read_bytes(), stat.st_ino, stat.st_mtime_ns
+
+
 def test_a_new_stream_is_never_on_file_without_its_progress(tmp_path: Path) -> None:
     """Its validation ids and first progress are one line, one write."""
     path = tmp_path / "run.state"
