@@ -6,7 +6,7 @@ EIR-pattern client processes (bench/clients.py):
   a. the baseline tree (--baseline): the checkout before named streams, with
      no per-stream counts and no /metrics (git worktree add
      /tmp/before-streams 068f847);
-  b. this tree, with a thread of this process sending GET /metrics every
+  b. this tree (or --tree), with a thread of this process sending GET /metrics every
      --scrape-interval seconds from the server's start to its stop, as a
      Prometheus would (every scrape must answer 200 with the metrics);
   c. this tree, never scraped.
@@ -131,13 +131,13 @@ class Measured:
 
 def measure(args: argparse.Namespace, spec: Path, cache: Path) -> Measured:
     """Every scenario on every variant, in --rounds rounds."""
-    this = Tree.at(ROOT, SCRAPED).with_env(EIR_STREAM_CACHE=str(cache / "this"))
+    this = Tree.at(args.tree, SCRAPED).with_env(EIR_STREAM_CACHE=str(cache / "this"))
     variants = [
         Tree.at(args.baseline, BASELINE).with_env(
             EIR_STREAM_CACHE=str(cache / "baseline")
         ),
         this,
-        Tree.at(ROOT, QUIET).with_env(EIR_STREAM_CACHE=str(cache / "this")),
+        Tree.at(args.tree, QUIET).with_env(EIR_STREAM_CACHE=str(cache / "this")),
     ]
     scrapes: list[int] = []
 
@@ -293,7 +293,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the checkout before named streams (git worktree add "
         "/tmp/before-streams 068f847)",
     )
-    add("--rounds", type=int, default=5, help="rounds of every scenario and variant")
+    add(
+        "--tree",
+        metavar="TREE",
+        type=Path,
+        default=ROOT,
+        help="the checkout measured as b and c (a worktree of one commit keeps "
+        "edits in progress out of the measurement)",
+    )
+    add("--rounds", type=int, default=8, help="rounds of every scenario and variant")
     add("--seconds", type=float, default=8.0, help="length of each streaming run")
     add(
         "--scrape-interval",
@@ -306,8 +314,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or args.scrape_interval <= 0:
         parser.error("--rounds, --seconds and --scrape-interval must be positive")
-    if args.baseline.resolve() == ROOT:
-        parser.error(f"--baseline {args.baseline} is this tree")
+    if args.baseline.resolve() == args.tree.resolve():
+        parser.error(f"--baseline {args.baseline} is the tree measured")
     return args
 
 
