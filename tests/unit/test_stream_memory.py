@@ -4,16 +4,19 @@ beyond its read-ahead (the made samples, in readahead.py, which the server
 lets go of when a stream's last connection closes).
 
 What a stream holds is measured with tracemalloc on the registry alone
-(`Streams` over `SampleStream.for_source`, as the server builds it): its
-cursor, its seats, and with --shuffle its `EpochOrder` (order.py). While a
-stream is served, the read-ahead peeks its next indices (`peek`, up to the
-read-ahead's size), and a shuffled stream keeps the windows of its order
-that the peek went through; one test measures what a batch alone leaves,
-the other what a batch and a peek as far as a read-ahead goes leave. The
-sources: the simulator of --max-iterations 1,000,000, in index order and
-shuffled, and the shape of a FineWeb-scale word-chunk dataset (117 million
-samples in 7,300 blocks, mixed 512 at a time), shuffled and endless as a
-dataset is. bench/idle_streams.py measures a real server's RSS the same way.
+(`Streams` over `SampleStream.maker`, as the server builds it): its cursor
+and its seats. With --shuffle the streams of a server share one
+`EpochOrder` (order.py), whose caches (the windows a peek went through,
+the layouts of the last epochs) are the server's, not a stream's: the
+default stream, which the server opens and reads ahead for when it starts,
+has them made before the measurement. While a stream is served, the
+read-ahead peeks its next indices (`peek`, up to the read-ahead's size);
+one test measures what a batch alone leaves, the other what a batch and a
+peek as far as a read-ahead goes leave. The sources: the simulator of
+--max-iterations 1,000,000, in index order and shuffled, and the shape of a
+FineWeb-scale word-chunk dataset (117 million samples in 7,300 blocks,
+mixed 512 at a time), shuffled and endless as a dataset is.
+bench/idle_streams.py measures a real server's RSS the same way.
 """
 
 import gc
@@ -55,28 +58,16 @@ SOURCES = {
     ),
     "FineWeb-scale, shuffled": (FineWebScale, True, None),
 }
-# Not met yet: every shuffled stream has an EpochOrder of its own (order.py),
-# and keeps after its run went away the windows its peeks went through (up
-# to CACHED_INDICES indices, in lists of ints) and the block layouts of up
-# to CACHED_EPOCHS epochs, although every stream of a server has the same
-# order (one seed). Strict: the mark goes once the requirement holds.
-KEEPS_ITS_WINDOWS = pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="an idle shuffled stream keeps its own EpochOrder's cached windows "
-    "and layouts: over 1 MiB after a full read-ahead's peek",
-)
 
 
 def left_by_runs(source: Any, shuffle: bool, epochs: int | None, peek: int) -> int:
     """Bytes that STREAMS named streams hold after a run on each connected,
     took a batch, had `peek` indices peeked ahead and went away."""
     streams = Streams(
-        lambda name: SampleStream.for_source(
-            source, epochs=epochs, shuffle=shuffle, seed=0, name=name
-        )
+        SampleStream.maker(source, epochs=epochs, shuffle=shuffle, seed=0)
     )
-    streams.open(DEFAULT_STREAM)  # the server opens it when it starts
+    # The server opens the default stream and reads ahead for it at start.
+    streams.open(DEFAULT_STREAM).stream.peek(READ_AHEAD)
     gc.collect()
     tracemalloc.start()
     try:
@@ -108,14 +99,7 @@ def test_a_stream_left_after_a_batch_holds_under_1_mib(name: str) -> None:
     assert held / STREAMS < MIB, f"{held / STREAMS / 1024:,.0f} KiB per stream"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "simulator",
-        pytest.param("simulator, shuffled", marks=KEEPS_ITS_WINDOWS),
-        pytest.param("FineWeb-scale, shuffled", marks=KEEPS_ITS_WINDOWS),
-    ],
-)
+@pytest.mark.parametrize("name", list(SOURCES))
 def test_a_stream_left_after_its_read_ahead_peeked_holds_under_1_mib(
     name: str,
 ) -> None:
