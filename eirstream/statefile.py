@@ -27,11 +27,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from eirstream.progress import Progress
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 from eirstream.state import (
     ReadState,
     StateError,
@@ -60,6 +66,8 @@ class StateFile:
         self._failing: str | None = None  # why the last write failed
         self._dirty = False  # written since the last sync
         self._closed = False  # after `close`: nothing is written again
+        self._mode: int | None = None  # the file's permissions, kept by snapshots
+        self._lock = -1  # the descriptor that holds PATH.lock
 
     @classmethod
     def open(
@@ -98,9 +106,40 @@ class StateFile:
         the path cannot be written (the file is left as it is then)."""
         if self.path.exists() and not _writable(self.path):
             raise StateError("cannot write it: the file is read-only")
+        with contextlib.suppress(OSError):
+            self._mode = stat.S_IMODE(self.path.stat().st_mode)
+        self._take_lock()
         problem = self._compact()
         if problem:
+            self._release_lock()
             raise StateError(f"cannot write it: {problem}")
+
+    def _take_lock(self) -> None:
+        """Hold PATH.lock, so that a second server given the same path is
+        refused rather than writing over this one's file. (A POSIX record
+        lock: it belongs to the process, and the system lets go of it when
+        the process ends, however it ends.)"""
+        if fcntl is None:  # (Windows: no lock)
+            return
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(f"cannot write it: {exc.strerror or exc}") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StateError(
+                f"another server is using it (it holds {lock.name}); give each "
+                "server its own --state path"
+            ) from None
+        self._lock = fd
+
+    def _release_lock(self) -> None:
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     # -- updates -------------------------------------------------------------
     def progress(self, name: str, progress: Progress) -> None:
@@ -177,6 +216,8 @@ class StateFile:
         new = -1
         try:
             new = os.open(temporary, flags, 0o644)
+            if self._mode is not None:  # a file made 0600 stays 0600
+                os.fchmod(new, self._mode)
             if os.write(new, body) != len(body):
                 raise OSError("short write")
             os.fsync(new)
@@ -216,6 +257,7 @@ class StateFile:
             self.sync()
         os.close(self._fd)
         self._fd = -1
+        self._release_lock()
 
     def status(self) -> dict[str, Any]:
         return {

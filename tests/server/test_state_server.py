@@ -364,6 +364,17 @@ def test_a_path_the_server_cannot_write_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "plain").read_text() == "a file, not a folder"
 
 
+def test_a_second_server_on_the_same_state_file_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "run.state"
+    with ServerProcess(*server_args(state)) as server:
+        eir_setup(server.url)
+        line = refused(state)  # while the first one serves
+        assert "another server is using it" in line, line
+        EirLikeClient(server.url).close()  # the first goes on serving
+    with ServerProcess(*server_args(state)):  # the lock went with the server
+        pass
+
+
 def test_a_file_of_more_streams_than_max_streams_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "run.state"
     with ServerProcess(*server_args(state)) as server:

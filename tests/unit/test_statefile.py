@@ -20,6 +20,11 @@ from eirstream.statefile import StateFile
 SETTINGS = {"--seed": 1, "--shuffle": True, "samples per epoch": 1000}
 
 
+# What a state file leaves in its folder: itself and the lock a server
+# holds on it (no temporary).
+KEPT = ["run.state", "run.state.lock"]
+
+
 def read(path: Path) -> dict[str, StreamState]:
     """The state a server would resume from `path`, which must read whole."""
     got = read_state(path.read_bytes(), SETTINGS)
@@ -77,7 +82,7 @@ def test_a_new_file_is_one_snapshot_renamed_into_place(tmp_path: Path) -> None:
     assert held.streams == {} and not held.dropped
     assert path.read_bytes().count(b"\n") == 1
     assert read(path) == {}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.state"]  # no .tmp
+    assert sorted(p.name for p in tmp_path.iterdir()) == KEPT  # no .tmp
     state.close()
 
 
@@ -96,7 +101,7 @@ def test_opening_a_kept_file_reads_it_and_replaces_it_by_a_snapshot(
     assert held.streams == before == read(path)
     assert path.stat().st_ino != inode  # a new file, renamed over the old
     assert path.read_bytes().count(b"\n") == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["run.state"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == KEPT
     again.close()
 
 
@@ -131,7 +136,7 @@ def test_updates_read_back_whole_after_each_and_snapshots_shrink_the_file(
             assert path.read_bytes().count(b"\n") == 1
         assert state.status()["bytes"] == path.stat().st_size
     assert snapshots >= 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.state"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == KEPT
     state.close()
     assert path.read_bytes().count(b"\n") == 1  # close: one last snapshot
     assert read(path) == expected
@@ -164,7 +169,7 @@ def test_an_update_after_close_writes_nothing(
     state.validation("default", (1,), Progress(0, 9))
     state.sync()
     assert file_as_is(path) == closed and not warnings(caplog)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.state"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == KEPT
 
 
 def file_as_is(path: Path) -> tuple[bytes, int, int]:
@@ -249,7 +254,7 @@ def test_a_failed_snapshot_leaves_the_old_file_and_no_temporary(
     for _ in range(5):
         state.progress("default", Progress(0, position + 1))
         assert path.read_bytes() == good and path.stat().st_ino == inode
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["run.state"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == KEPT
     assert len(warnings(caplog)) == 1
     writes.failing = None
     state.progress("default", Progress(0, position + 2))
@@ -266,7 +271,7 @@ def test_a_close_that_cannot_snapshot_leaves_the_appended_file(
     writes.failing = "full"
     state.close()
     assert read(path) == {"default": StreamState(Progress(0, 7))}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.state"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == KEPT
 
 
 def test_a_snapshot_never_opens_the_file_again(
@@ -307,7 +312,18 @@ def test_a_read_only_file_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
         StateFile.open(str(path), SETTINGS)
     assert path.read_bytes() == before
     assert path.stat().st_ino == stat.st_ino and path.stat().st_mtime == stat.st_mtime
-    assert [p.name for p in tmp_path.iterdir()] == ["run.state"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == KEPT
+
+
+def test_snapshots_keep_the_permissions_the_file_was_given(tmp_path: Path) -> None:
+    path = tmp_path / "run.state"
+    state, _ = StateFile.open(str(path), SETTINGS)
+    state.close()
+    path.chmod(0o600)
+    again, _ = StateFile.open(str(path), SETTINGS)  # a snapshot replaces it
+    again.progress("default", Progress(0, 5))
+    again.close()  # and another one
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("where", ["missing/run.state", "a-file/run.state"])
