@@ -12,7 +12,7 @@ Every later line is an *update* of one stream, which replaces what the
 lines before said of it:
 
     {"stream": "<name>", "progress": {...}}
-    {"stream": "<name>", "validation": "<ids>"}
+    {"stream": "<name>", "validation": "<ids>", "progress": {...}}
 
 A progress object is a `Progress` (progress.py): `epoch`, `position`,
 `front` (indices), `unsent` (takes not sent: [front indices, start epoch,
@@ -99,6 +99,30 @@ def encode_progress(progress: Progress) -> dict[str, Any]:
     if progress.over:
         encoded["over"] = True
     return encoded
+
+
+_OVER = ',"over":true'
+
+
+def progress_line(name: str, progress: Progress) -> bytes:
+    """The update line of a stream's progress: the bytes that
+    `encode_line({"stream": name, "progress": encode_progress(progress)})`
+    gives, written without building the JSON's dicts, because one goes
+    out before every reply."""
+    p = progress
+    unsent = ",".join(
+        f"[[{','.join(map(str, t.front))}],{t.start[0]},{t.start[1]},"
+        f"{t.stop[0]},{t.stop[1]}]"
+        for t in p.unsent
+    )
+    body = (
+        f'{{"stream":{json.dumps(name)},"progress":{{"epoch":{p.epoch},'
+        f'"position":{p.position},"front":[{",".join(map(str, p.front))}],'
+        f'"unsent":[{unsent}],"sent":{p.served_total},'
+        f'"sent_in_pass":{p.served_in_pass},"rewinds":{p.rewinds}'
+        f"{_OVER if p.over else ''}}}}}"
+    ).encode()
+    return b"%s\t%08x\n" % (body, zlib.crc32(body))
 
 
 def decode_progress(value: Any) -> Progress:

@@ -44,13 +44,14 @@ from eirstream.state import (
     encode_indices,
     encode_line,
     encode_progress,
+    progress_line,
     read_state,
     snapshot,
 )
 
 logger = logging.getLogger("eirstream.state")
 
-COMPACT_AFTER = 256 * 1024  # bytes of updates after the snapshot
+COMPACT_AFTER = 2**20  # bytes of updates after the snapshot
 
 
 class StateFile:
@@ -143,8 +144,10 @@ class StateFile:
 
     # -- updates -------------------------------------------------------------
     def progress(self, name: str, progress: Progress) -> None:
-        """Write a stream's progress (before its reply leaves)."""
-        self._update(name, {"progress": encode_progress(progress)})
+        """Write a stream's progress (before its reply leaves). It is kept
+        as it is, and encoded for a snapshot only."""
+        self.encoded.setdefault(name, {})["progress"] = progress
+        self._append(progress_line(name, progress))
 
     def validation(
         self, name: str, indices: tuple[int, ...], progress: Progress | None = None
@@ -206,7 +209,14 @@ class StateFile:
     def _compact(self) -> str | None:
         """Replace the file by one snapshot of every stream (temporary file,
         flushed, renamed over); why not, or None."""
-        body = snapshot(self.settings, self.encoded)
+        streams = {
+            name: {
+                key: encode_progress(value) if isinstance(value, Progress) else value
+                for key, value in parts.items()
+            }
+            for name, parts in self.encoded.items()
+        }
+        body = snapshot(self.settings, streams)
         temporary = self.path.with_name(self.path.name + ".tmp")
         # Appends go on through the temporary's own descriptor, which follows
         # it through the rename: the file is never opened again after it (an

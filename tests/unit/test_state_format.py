@@ -18,6 +18,7 @@ from eirstream.state import (
     encode_indices,
     encode_line,
     encode_progress,
+    progress_line,
     progress_update,
     read_state,
     snapshot,
@@ -102,6 +103,18 @@ def test_what_is_written_is_read_back_later_lines_replacing_earlier_ones(
 
 
 @settings(max_examples=60, deadline=None)
+@given(names, progresses)
+def test_the_line_before_each_reply_is_the_json_of_its_progress(
+    name: str, progress: Progress
+) -> None:
+    written = progress_line(name, progress)  # formatted, for speed
+    assert written == encode_line(
+        {"stream": name, "progress": encode_progress(progress)}
+    )
+    body, _, _ = written.rstrip(b"\n").rpartition(b"\t")
+    assert json.loads(body)["progress"] == encode_progress(progress)
+
+
 @given(st.sets(st.integers(0, 10**8), max_size=5000))
 def test_validation_ids_keep_every_index_from_none_to_many(ids: set[int]) -> None:
     validation = tuple(sorted(ids))
