@@ -7,14 +7,14 @@ by EIR-pattern client processes (bench/clients.py):
   b. with --state, a new state file for every run, in a temporary folder
      (the system's, or --state-dir): the server appends one checksummed
      line to it before each data reply leaves, writes a snapshot by rename
-     every 256 KiB of updates, and flushes it to disk every second
+     every 1 MiB of updates, and flushes it to disk every second
      (--state-sync's default).
 
 in four scenarios: the default source (the simulator, default --workers,
 64 readings) with 1 client and with 4 clients, batch 32; the same 4
 clients after a setup connection sent 100,000 validation ids (so every
 snapshot of the state file carries them: 226 KB written and flushed to
-disk every 256 KiB of updates); and the word chunks of
+disk every 1 MiB of updates); and the word chunks of
 bench/datasets.py's FineWeb-like corpus (bench/dataset_files.py, 4 files
 of 4,000 documents, 64 words a chunk, index order) with 4 clients of batch
 256. The issue's target: with --state, the default source's and the word
@@ -35,7 +35,7 @@ Then, in this process (this checkout's eirstream), what `--state` adds to
 each reply: a stream's progress and its update line appended to a state
 file, as the server does before a reply leaves (`Keeper.sent`), timed over
 UPDATES updates, with no validation ids and with 100,000 (the snapshots
-every 256 KiB of updates then carry them: their cost is spread over the
+every 1 MiB of updates then carry them: their cost is spread over the
 updates, and the slowest update is one of them).
 
     python bench/state.py
