@@ -8,15 +8,15 @@ server and a process pool is in tests/server/test_producer.py.
 import asyncio
 import json
 from collections.abc import Iterator
-from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 
+from support.held_engine import HeldEngine
 from support.waiting import HANG
 
 from data_simulator import SimulatedHealthData
 from eirstream.engines import DefaultEngine, ThreadEngine
-from eirstream.making import MadeTask, encode_task
+from eirstream.making import MadeTask
 from eirstream.readahead import SampleProducer
 from eirstream.sizing import SizeBounds
 from eirstream.stream import SampleStream
@@ -120,38 +120,6 @@ async def test_the_default_engine_judges_a_sample_by_its_wall_time() -> None:
 
 
 # -- the order of work: a fake engine whose tasks end when the test says -----------
-class HeldEngine:
-    """An `Engine` whose tasks finish only when `finish` is called."""
-
-    kind, task_seconds, restarts = "held", 0.05, 0
-
-    def __init__(self, source: SimulatedHealthData) -> None:
-        self.source = source
-        self.tasks: list[tuple[list[int], Future[MadeTask]]] = []
-
-    def submit(self, indices: list[int]) -> Future[MadeTask]:
-        self.tasks.append((indices, Future()))
-        return self.tasks[-1][1]
-
-    def finish(self, number: int) -> None:
-        indices, task = self.tasks[number]
-        task.set_result(encode_task(self.source, indices))
-
-    def live_workers(self) -> int:
-        return 1
-
-    def observe(self, made: MadeTask) -> None: ...
-    def restart(self) -> None: ...
-    def heal(self) -> None: ...
-    def why_waiting(self) -> str:
-        return "held by the test"
-
-    def pids(self) -> list[int]:
-        return []
-
-    def close(self) -> None: ...
-
-
 def held_producer() -> tuple[SampleStream, HeldEngine, SampleProducer]:
     """The simulator's stream, a `HeldEngine` and a producer reading 64 ahead."""
     source = SimulatedHealthData(seed=0)
