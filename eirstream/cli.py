@@ -286,7 +286,7 @@ async def run(
         "stopped: %d connections served (%d closed at shutdown), %d samples served",
         server.connections_total,
         open_now,
-        sum(named.stream.status()["samples_served_total"] for named in server.streams),
+        server.health()["samples_served_total"],
     )
     return 0
 

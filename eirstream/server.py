@@ -353,9 +353,13 @@ class StreamServer:
         body, content_type = self.metrics.exposition()
         return http_response(ws, body, content_type)
 
+    def briefs(self) -> dict[str, dict[str, Any]]:
+        """Each stream in brief, by name (/healthz and the status reply)."""
+        return {named.name: brief(named.stream.status()) for named in self.streams}
+
     def health(self) -> dict[str, Any]:
         """/healthz: up, and each stream in brief (totals over all streams)."""
-        streams = {named.name: brief(named.stream.status()) for named in self.streams}
+        streams = self.briefs()
         return {
             "status": "ok",
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -374,9 +378,7 @@ class StreamServer:
             "making": self.producer.status(),
             "max_streams": self.streams.max_streams,
             "state": None if self.keeper is None else self.keeper.status(),
-            "streams": {
-                named.name: brief(named.stream.status()) for named in self.streams
-            },
+            "streams": self.briefs(),
         }
 
     async def _report_progress(self, interval: float) -> None:

@@ -478,8 +478,9 @@ class SampleStream:
 
     def state(self) -> StreamState:
         """The progress and every validation id (as indices) to keep out."""
-        skip = self._cursor.sorted_skip() if self._validation_ids_set else ()
-        if self._earlier and not self._validation_ids_set:
+        if self._validation_ids_set:  # the earlier runs' among them
+            skip = self._cursor.sorted_skip()
+        else:
             skip = sorted(self._earlier)
         return StreamState(self.progress(), tuple(skip))
 
