@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from support import ROOT
-from support.datasets import image_bytes
+from support.datasets import image_bytes, write_people
 from support.eirtrain_support import (
     StreamLog,
     parse_stream_log,
@@ -208,21 +208,7 @@ def test_images_with_captions_train_a_label(tmp_path: Path) -> None:
 def test_a_csv_trains_tabular_to_tabular_shuffled_over_two_epochs(
     tmp_path: Path,
 ) -> None:
-    rng = random.Random(11)
-    lines = ["age,bmi,sex,outcome"]
-    for _ in range(240):
-        age, bmi = rng.randint(20, 80), round(rng.uniform(17, 35), 1)
-        outcome = "high" if age / 80 + bmi / 35 > 1.2 else "low"
-        lines.append(f"{age},{bmi},{rng.choice('FM')},{outcome}")
-    (tmp_path / "people.csv").write_text("\n".join(lines) + "\n")
-    spec = tmp_path / "people.yaml"
-    spec.write_text(
-        "files: people.csv\n"
-        "inputs:\n"
-        "  clinical: {type: tabular, columns: [age, bmi, sex]}\n"
-        "outputs:\n"
-        "  outcome: {type: tabular, columns: [outcome]}\n"
-    )
+    spec = write_people(tmp_path, 240)
     clinical = {
         "type": "tabular",
         "input_cat_columns": ["sex"],

@@ -27,7 +27,6 @@ line, which says how many samples the file names as sent).
 from __future__ import annotations
 
 import json
-import random
 import re
 import signal
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.datasets import write_people
 from support.eirtrain_support import (
     EirtrainRun,
     StreamLog,
@@ -68,28 +68,6 @@ RESUMED = re.compile(
     rf"stream '{STREAM}' resumed from \S+: epoch 0, ([\d,]+) of ([\d,]+) "
     r"samples served; ([\d,]+) validation ids kept out of training"
 )
-
-
-def write_people(folder: Path) -> Path:
-    """A CSV of ROWS people and the --dataset spec serving it: tabular in
-    (age, bmi, sex), tabular out (outcome)."""
-    rng = random.Random(11)
-    lines = ["age,bmi,sex,outcome"]
-    for _ in range(ROWS):
-        age, bmi = rng.randint(20, 80), round(rng.uniform(17, 35), 1)
-        outcome = "high" if age / 80 + bmi / 35 > 1.2 else "low"
-        lines.append(f"{age},{bmi},{rng.choice('FM')},{outcome}")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "people.csv").write_text("\n".join(lines) + "\n")
-    spec = folder / "people.yaml"
-    spec.write_text(
-        "files: people.csv\n"
-        "inputs:\n"
-        "  clinical: {type: tabular, columns: [age, bmi, sex]}\n"
-        "outputs:\n"
-        "  outcome: {type: tabular, columns: [outcome]}\n"
-    )
-    return spec
 
 
 def write_configs(folder: Path) -> Path:
@@ -250,7 +228,7 @@ def resume_and_run(
 def stop_and_resume(tmp_path: Path, stop: signal.Signals) -> None:
     """Run 1, its server stopped by `stop` half-way, run 2 from run 1's last
     checkpoint on a new server with the same --state; the module's checks."""
-    spec = write_people(tmp_path / "data")
+    spec = write_people(tmp_path / "data", ROWS)
     given = write_configs(tmp_path / "given")
     state = tmp_path / "state" / "eirstream.state"
     state.parent.mkdir()

@@ -1,5 +1,5 @@
-"""Helpers of the `--dataset` tests: small pictures, their decoding, specs, and
-a corpus of documents cut into word chunks.
+"""Helpers of the `--dataset` tests: small pictures, their decoding, specs, a
+CSV of people, and a corpus of documents cut into word chunks.
 
 pyarrow and Pillow are imported when a helper needs them: a test file skips
 itself (pytest.importorskip) before it calls one when either is missing.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import random
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,27 @@ def write_spec(folder: Path, text: str) -> Path:
     path = folder / "spec.yaml"
     path.write_text(text)
     return path
+
+
+def write_people(folder: Path, rows: int) -> Path:
+    """A CSV of `rows` people (seeded: the same every time) and the --dataset
+    spec serving it: tabular in (age, bmi, sex), tabular out (outcome)."""
+    rng = random.Random(11)
+    lines = ["age,bmi,sex,outcome"]
+    for _ in range(rows):
+        age, bmi = rng.randint(20, 80), round(rng.uniform(17, 35), 1)
+        outcome = "high" if age / 80 + bmi / 35 > 1.2 else "low"
+        lines.append(f"{age},{bmi},{rng.choice('FM')},{outcome}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "people.csv").write_text("\n".join(lines) + "\n")
+    return write_spec(
+        folder,
+        "files: people.csv\n"
+        "inputs:\n"
+        "  clinical: {type: tabular, columns: [age, bmi, sex]}\n"
+        "outputs:\n"
+        "  outcome: {type: tabular, columns: [outcome]}\n",
+    )
 
 
 def document(number: int, words: int) -> str:
