@@ -459,8 +459,9 @@ class StreamServer:
         self, ws: ServerConnection, conn: Connection, reader: Reader
     ) -> None:
         """Feed each message to the protocol core and do what it says,
-        until the connection is closed."""
-        while conn.phase != CLOSED:
+        until the connection is closed or closing (a closing one's queued
+        requests get no replies: none could be sent)."""
+        while conn.phase != CLOSED and ws.state is State.OPEN:
             if conn.phase == AWAITING_HANDSHAKE:
                 timeout: float | None = self.settings.handshake_timeout
             elif conn.heartbeat_pending:
@@ -503,7 +504,8 @@ class StreamServer:
                 await ws.send(json.dumps(error(text).message))
                 return
             if ws.state is not State.OPEN:  # closing: the reply would not leave,
-                return  # so its take is not marked sent (--state keeps it unsent)
+                return  # so its take is not marked sent (--state keeps it unsent),
+                # and the conversation ends (_converse)
             counts.waits.observe(time.perf_counter() - reader.arrived)
             counts.bytes_served += len(message)
             reader.named.stream.sent(conn.id)
